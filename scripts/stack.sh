@@ -1,0 +1,233 @@
+#!/usr/bin/env bash
+# The local stack: what `supabase start` gives, built from real parts for machines without Docker.
+#
+#   scripts/stack.sh start    install what is missing, start Postgres (54322), apply migrations with
+#                             the Supabase CLI, start the OpenRouter simulator when no real key is
+#                             set, and serve supabase/functions/* at :54321/functions/v1/<name>/…
+#   scripts/stack.sh stop     stop the functions, the simulator and Postgres
+#   scripts/stack.sh reset    drop the database cluster, recreate it, re-apply migrations and seed
+#   scripts/stack.sh status   what runs, and where
+#
+# Every step is idempotent: a second `start` only restarts the functions if their code changed.
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+LOCAL="$ROOT/.local"
+PGDATA="$LOCAL/pg"
+PGBIN=/usr/lib/postgresql/15/bin
+PGPORT=54322
+FN_PORT=54321
+SIM_PORT=54340
+DB_URL="postgresql://postgres:postgres@127.0.0.1:$PGPORT/postgres"
+APT_PACKAGES=(postgresql-15 postgresql-contrib postgresql-15-cron postgresql-15-pgtap
+  postgresql-15-plpgsql-check libtap-parser-sourcehandler-pgtap-perl)
+
+log() { printf '\033[2m[stack]\033[0m %s\n' "$*" >&2; }
+die() { printf '[stack] error: %s\n' "$*" >&2; exit 1; }
+as_postgres() { runuser -u postgres -- "$@"; }
+
+ensure_packages() {
+  local missing=()
+  for p in "${APT_PACKAGES[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+  done
+  if ((${#missing[@]})); then
+    log "installing ${missing[*]}"
+    [ "$(id -u)" = 0 ] || die "installing Debian packages needs root: apt-get install ${missing[*]}"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  fi
+  # Debian's postgresql package creates and starts a default cluster on 5432; we run our own.
+  if [ ! -d "$ROOT/node_modules/.bin" ] || [ "$ROOT/package-lock.json" -nt "$ROOT/node_modules/.package-lock.json" ]; then
+    log "installing npm tools (npm ci)"
+    (cd "$ROOT" && npm ci --no-audit --no-fund --loglevel=error >/dev/null)
+  fi
+}
+
+pg_running() { [ -f "$PGDATA/postmaster.pid" ] && as_postgres "$PGBIN/pg_ctl" -D "$PGDATA" status >/dev/null 2>&1; }
+
+init_cluster() {
+  [ -f "$PGDATA/PG_VERSION" ] && return
+  log "creating a Postgres 15 cluster in .local/pg"
+  mkdir -p "$LOCAL"
+  chown postgres "$LOCAL"
+  local pwfile="$LOCAL/.pw"
+  echo postgres >"$pwfile" && chown postgres "$pwfile"
+  as_postgres "$PGBIN/initdb" -D "$PGDATA" -U postgres --pwfile="$pwfile" --auth-local=trust \
+    --auth-host=scram-sha-256 --encoding=UTF8 --locale=C.UTF-8 >/dev/null
+  rm -f "$pwfile"
+  cat >>"$PGDATA/postgresql.conf" <<EOF
+
+# --- openrouter-gateway local stack ---
+listen_addresses = '127.0.0.1'
+port = $PGPORT
+unix_socket_directories = '$PGDATA'
+shared_preload_libraries = 'pg_cron,pg_stat_statements'
+cron.database_name = 'postgres'
+cron.timezone = 'UTC'
+max_connections = 200
+timezone = 'UTC'
+log_min_messages = warning
+EOF
+}
+
+start_postgres() {
+  pg_running && return
+  log "starting Postgres on 127.0.0.1:$PGPORT"
+  as_postgres "$PGBIN/pg_ctl" -D "$PGDATA" -l "$PGDATA/server.log" -w -t 60 start >/dev/null ||
+    { tail -20 "$PGDATA/server.log" >&2; die "Postgres did not start"; }
+}
+
+psql_local() { PGPASSWORD=postgres psql "$DB_URL" -v ON_ERROR_STOP=1 -qX "$@"; }
+
+apply_migrations() {
+  psql_local -f "$ROOT/supabase/local/bootstrap.sql" >/dev/null
+  log "applying supabase/migrations (supabase db push)"
+  (cd "$ROOT" && npx --no-install supabase db push --db-url "$DB_URL" --include-all --yes \
+    --include-seed 2>&1 | grep -vE '^(Connecting|Skipping|Finished|Remote database is up to date)' >&2 || true)
+  # db push reports failures on stdout and still exits 0 in some versions: check the history table.
+  local want have
+  want=$(find "$ROOT/supabase/migrations" -name '*.sql' | wc -l)
+  have=$(psql_local -Atc "select count(*) from supabase_migrations.schema_migrations" 2>/dev/null || echo 0)
+  [ "$have" -ge "$want" ] || die "only $have of $want migrations are applied (see the output above)"
+}
+
+# Reads supabase/functions/.env (KEY=VALUE lines) into the environment the functions get.
+load_function_env() {
+  local f="$ROOT/supabase/functions/.env"
+  [ -f "$f" ] || return 0
+  set -a
+  # shellcheck disable=SC1090
+  . "$f"
+  set +a
+}
+
+pid_alive() { [ -f "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }
+
+stop_pidfile() {
+  local f=$1
+  if pid_alive "$f"; then
+    kill -TERM "$(cat "$f")" 2>/dev/null || true
+    for _ in $(seq 1 100); do pid_alive "$f" || break; sleep 0.1; done
+    pid_alive "$f" && kill -KILL "$(cat "$f")" 2>/dev/null || true
+  fi
+  rm -f "$f"
+}
+
+wait_http() {
+  for _ in $(seq 1 150); do
+    curl -fsS -o /dev/null "$1" 2>/dev/null && return 0
+    sleep 0.2
+  done
+  return 1
+}
+
+start_simulator() {
+  if pid_alive "$LOCAL/sim.pid"; then return; fi
+  log "starting the OpenRouter simulator on 127.0.0.1:$SIM_PORT"
+  SIM_PORT=$SIM_PORT nohup "$ROOT/node_modules/.bin/deno" run --allow-net --allow-env \
+    "$ROOT/tools/openrouter-sim/main.ts" >"$LOCAL/sim.log" 2>&1 &
+  echo $! >"$LOCAL/sim.pid"
+  wait_http "http://127.0.0.1:$SIM_PORT/api/v1/models" || { cat "$LOCAL/sim.log" >&2; die "the simulator did not start"; }
+}
+
+functions_hash() {
+  find "$ROOT/supabase/functions" "$ROOT/scripts/serve-functions.ts" -type f -print0 | sort -z |
+    xargs -0 sha1sum | sha1sum | cut -c1-40
+}
+
+start_functions() {
+  local hash simulated=0
+  upstream_is_simulated && simulated=1
+  hash="$(functions_hash) simulated=$simulated"
+  if pid_alive "$LOCAL/functions.pid" && [ "$(cat "$LOCAL/functions.hash" 2>/dev/null)" = "$hash" ]; then
+    return
+  fi
+  stop_pidfile "$LOCAL/functions.pid"
+  log "serving supabase/functions on http://127.0.0.1:$FN_PORT/functions/v1/"
+  (
+    load_function_env
+    export SUPABASE_URL="http://127.0.0.1:$FN_PORT" SUPABASE_DB_URL="$DB_URL"
+    export FUNCTIONS_PORT=$FN_PORT
+    if [ "$simulated" = 1 ]; then
+      export OPENROUTER_BASE_URL="${OPENROUTER_BASE_URL:-http://127.0.0.1:$SIM_PORT/api/v1}"
+      export OPENROUTER_API_KEY=simulated-upstream-key GATEWAY_UPSTREAM_SIMULATED=1
+    fi
+    cd "$ROOT"
+    nohup "$ROOT/node_modules/.bin/deno" run --allow-net --allow-env --allow-read \
+      scripts/serve-functions.ts >"$LOCAL/functions.log" 2>&1 &
+    echo $! >"$LOCAL/functions.pid"
+  )
+  echo "$hash" >"$LOCAL/functions.hash"
+  wait_http "http://127.0.0.1:$FN_PORT/functions/v1/gateway/health" ||
+    { tail -30 "$LOCAL/functions.log" >&2; die "the gateway function did not answer /health"; }
+}
+
+# STACK_UPSTREAM=simulator (the test command sets it) forces the simulator even when a key is set.
+upstream_is_simulated() {
+  [ "${STACK_UPSTREAM:-}" = simulator ] && return 0
+  (load_function_env; [ -z "${OPENROUTER_API_KEY:-}" ])
+}
+
+banner() {
+  local upstream
+  if upstream_is_simulated; then
+    upstream="SIMULATED — no OPENROUTER_API_KEY is set, so completions come from the local OpenRouter
+             simulator at http://127.0.0.1:$SIM_PORT/api/v1 (tools/openrouter-sim). Put a real key in
+             supabase/functions/.env to talk to https://openrouter.ai/api/v1."
+  else
+    upstream="REAL — ${OPENROUTER_BASE_URL:-https://openrouter.ai/api/v1} with your OPENROUTER_API_KEY"
+  fi
+  cat <<EOF
+
+  Gateway     http://127.0.0.1:$FN_PORT/functions/v1/gateway/   (docs: …/gateway/docs)
+  OpenAI SDK  baseURL http://127.0.0.1:$FN_PORT/functions/v1/gateway/v1
+  Database    $DB_URL
+  Upstream    $upstream
+
+  First admin key (shown once):
+    psql '$DB_URL' -c "select * from gateway.create_admin_key('ops@example.com')"
+
+  Logs in .local/*.log · stop: scripts/stack.sh stop · reset: scripts/stack.sh reset
+EOF
+}
+
+cmd_start() {
+  ensure_packages
+  init_cluster
+  start_postgres
+  apply_migrations
+  if upstream_is_simulated; then start_simulator; fi
+  start_functions
+  banner
+}
+
+cmd_stop() {
+  stop_pidfile "$LOCAL/functions.pid"
+  stop_pidfile "$LOCAL/sim.pid"
+  if pg_running; then
+    log "stopping Postgres"
+    as_postgres "$PGBIN/pg_ctl" -D "$PGDATA" -m fast -w stop >/dev/null
+  fi
+}
+
+cmd_reset() {
+  cmd_stop
+  log "dropping the database cluster"
+  rm -rf "$PGDATA"
+  cmd_start
+}
+
+cmd_status() {
+  pg_running && echo "postgres   running  $DB_URL" || echo "postgres   stopped"
+  pid_alive "$LOCAL/sim.pid" && echo "simulator  running  http://127.0.0.1:$SIM_PORT/api/v1" || echo "simulator  stopped"
+  pid_alive "$LOCAL/functions.pid" && echo "functions  running  http://127.0.0.1:$FN_PORT/functions/v1/" || echo "functions  stopped"
+}
+
+case "${1:-start}" in
+  start) cmd_start ;;
+  stop) cmd_stop ;;
+  reset) cmd_reset ;;
+  status) cmd_status ;;
+  *) die "usage: scripts/stack.sh [start|stop|reset|status]" ;;
+esac

@@ -1,0 +1,64 @@
+#!/usr/bin/env bash
+# The whole test suite (README's second command; .ci/run calls it).
+#
+# Brings the local stack up with the simulated upstream, then runs, in order: pgTAP (pg_prove over
+# supabase/tests/**/*.test.sql), deno test, deno lint, deno fmt --check, deno check, supabase db lint
+# and supabase db advisors. Every step runs even if an earlier one failed; the last line is
+# "N passed, N failed" over tests and checks together, and the exit code is non-zero on any failure.
+set -uo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$ROOT"
+export DB_URL="postgresql://postgres:postgres@127.0.0.1:54322/postgres"
+export GATEWAY_URL="http://127.0.0.1:54321/functions/v1/gateway"
+export SIM_URL="http://127.0.0.1:54340"
+export PGPASSWORD=postgres
+DENO="$ROOT/node_modules/.bin/deno"
+
+# Tests assert exact charges against the simulator, never against a real upstream.
+STACK_UPSTREAM=simulator bash scripts/stack.sh start >/dev/null || { echo "0 passed, 1 failed"; exit 1; }
+
+passed=0 failed=0 failures=()
+out=$(mktemp -d)
+trap 'rm -rf "$out"' EXIT
+
+section() { printf '\n\033[1m== %s\033[0m\n' "$1"; }
+check() { # check NAME CMD...: a check counts as one test
+  local name=$1; shift
+  section "$name"
+  if "$@"; then passed=$((passed + 1)); else failed=$((failed + 1)); failures+=("$name"); fi
+}
+
+section "pgTAP (pg_prove)"
+mapfile -t sql_tests < <(find supabase/tests -name '*.test.sql' | sort)
+if ((${#sql_tests[@]})); then
+  pg_prove -h 127.0.0.1 -p 54322 -U postgres -d postgres --failures "${sql_tests[@]}" 2>&1 | tee "$out/pgtap"
+  rc=${PIPESTATUS[0]}
+  total=$(grep -oE 'Tests=[0-9]+' "$out/pgtap" | tail -1 | cut -d= -f2)
+  bad=$(grep -oE 'Failed [0-9]+/[0-9]+ subtests' "$out/pgtap" | awk '{split($2,a,"/"); s+=a[1]} END {print s+0}')
+  total=${total:-0}
+  if [ "$rc" -ne 0 ] && [ "$bad" -eq 0 ]; then bad=1; failures+=("pg_prove exited $rc"); fi
+  ((bad > 0)) && failures+=("pgTAP: $bad failing assertion(s)")
+  passed=$((passed + total - (bad < total ? bad : total))); failed=$((failed + bad))
+fi
+
+section "deno test"
+"$DENO" test -A --unstable-no-legacy-abort 2>&1 | tee "$out/deno"
+rc=${PIPESTATUS[0]}
+line=$(grep -E '^(ok|FAILED) \| ' "$out/deno" | tail -1 | sed 's/\x1b\[[0-9;]*m//g')
+dp=$(sed -nE 's/.*\| ([0-9]+) passed.*/\1/p' <<<"$line"); df=$(sed -nE 's/.*\| ([0-9]+) failed.*/\1/p' <<<"$line")
+dp=${dp:-0} df=${df:-0}
+if [ "$rc" -ne 0 ] && [ "$df" -eq 0 ]; then df=1; fi
+((df > 0)) && failures+=("deno test: $df failing")
+passed=$((passed + dp)); failed=$((failed + df))
+
+check "deno lint" "$DENO" lint
+check "deno fmt --check" "$DENO" fmt --check
+check "deno check" "$DENO" check
+check "supabase db lint" npx --no-install supabase db lint --db-url "$DB_URL" --level warning --fail-on error
+check "supabase db advisors" npx --no-install supabase db advisors --db-url "$DB_URL" --fail-on warn
+
+section "summary"
+for f in "${failures[@]}"; do echo "FAILED: $f"; done
+echo "$passed passed, $failed failed"
+[ "$failed" -eq 0 ]
