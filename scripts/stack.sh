@@ -56,19 +56,37 @@ init_cluster() {
   as_postgres "$PGBIN/initdb" -D "$PGDATA" -U postgres --pwfile="$pwfile" --auth-local=trust \
     --auth-host=scram-sha-256 --encoding=UTF8 --locale=C.UTF-8 >/dev/null
   rm -f "$pwfile"
-  cat >>"$PGDATA/postgresql.conf" <<EOF
+  echo "include_if_exists = 'gateway.conf'" >>"$PGDATA/postgresql.conf"
+}
 
-# --- openrouter-gateway local stack ---
+# Our settings live in their own file, rewritten at every start; a change restarts Postgres.
+write_pg_settings() {
+  local conf="$PGDATA/gateway.conf" new
+  grep -q "^include_if_exists = 'gateway.conf'" "$PGDATA/postgresql.conf" ||
+    echo "include_if_exists = 'gateway.conf'" >>"$PGDATA/postgresql.conf"
+  new=$(cat <<EOF
+# Written by scripts/stack.sh at every start: edit it there.
 listen_addresses = '127.0.0.1'
 port = $PGPORT
 unix_socket_directories = '$PGDATA'
 shared_preload_libraries = 'pg_cron,pg_stat_statements'
 cron.database_name = 'postgres'
 cron.timezone = 'UTC'
+# Jobs run in background workers, so pg_cron needs no password to connect back to the server.
+cron.use_background_workers = on
+max_worker_processes = 16
 max_connections = 200
 timezone = 'UTC'
 log_min_messages = warning
 EOF
+)
+  if [ "$(cat "$conf" 2>/dev/null)" != "$new" ]; then
+    echo "$new" >"$conf" && chown postgres "$conf"
+    if pg_running; then
+      log "Postgres settings changed: restarting it"
+      as_postgres "$PGBIN/pg_ctl" -D "$PGDATA" -m fast -w restart -l "$PGDATA/server.log" >/dev/null
+    fi
+  fi
 }
 
 start_postgres() {
@@ -78,7 +96,7 @@ start_postgres() {
     { tail -20 "$PGDATA/server.log" >&2; die "Postgres did not start"; }
 }
 
-psql_local() { PGPASSWORD=postgres psql "$DB_URL" -v ON_ERROR_STOP=1 -qX "$@"; }
+psql_local() { PGPASSWORD=postgres PGOPTIONS='-c client_min_messages=warning' psql "$DB_URL" -v ON_ERROR_STOP=1 -qX "$@"; }
 
 apply_migrations() {
   psql_local -f "$ROOT/supabase/local/bootstrap.sql" >/dev/null
@@ -125,7 +143,7 @@ wait_http() {
 start_simulator() {
   if pid_alive "$LOCAL/sim.pid"; then return; fi
   log "starting the OpenRouter simulator on 127.0.0.1:$SIM_PORT"
-  SIM_PORT=$SIM_PORT nohup "$ROOT/node_modules/.bin/deno" run --allow-net --allow-env \
+  SIM_PORT=$SIM_PORT nohup "$ROOT/node_modules/.bin/deno" run --allow-net --allow-env --unstable-no-legacy-abort \
     "$ROOT/tools/openrouter-sim/main.ts" >"$LOCAL/sim.log" 2>&1 &
   echo $! >"$LOCAL/sim.pid"
   wait_http "http://127.0.0.1:$SIM_PORT/api/v1/models" || { cat "$LOCAL/sim.log" >&2; die "the simulator did not start"; }
@@ -195,6 +213,7 @@ EOF
 cmd_start() {
   ensure_packages
   init_cluster
+  write_pg_settings
   start_postgres
   apply_migrations
   if upstream_is_simulated; then start_simulator; fi

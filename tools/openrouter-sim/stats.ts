@@ -1,0 +1,111 @@
+// Request counters, recorded generations and the last chat request bodies, all bounded
+// so a long benchmark cannot grow the simulator's memory without limit.
+
+export interface Generation {
+  id: string
+  /** Requested model id without `~` suffixes (variant kept), as echoed in responses. */
+  model: string
+  provider: string
+  stream: boolean
+  promptTokens: number
+  /** Tokens produced so far; final once `endedAt` is set. */
+  completionTokens: number
+  cancelled: boolean
+  fault: string | null
+  totalCost: number
+  finishReason: string | null
+  origin: string
+  startedAt: number
+  /** Time the first byte of output was ready (for `latency`). */
+  firstTokenAt?: number
+  /** Set when the generation finished, failed or was cancelled; /generation waits on it. */
+  endedAt?: number
+}
+
+export interface Received {
+  body: unknown
+  headers: Record<string, string>
+}
+
+export type Route = 'chat' | 'models' | 'generation' | 'other'
+
+export const DEFAULT_MAX_GENERATIONS = 200_000
+const MAX_RECEIVED = 100
+
+export class Stats {
+  requests = { total: 0, chat: 0, models: 0, generation: 0, other: 0 }
+  chatByStatus: Record<string, number> = {}
+  /** Insertion-ordered, so the oldest entry is the first key when evicting. */
+  generations = new Map<string, Generation>()
+  generationsDropped = 0
+  #received: Received[] = []
+  #receivedNext = 0
+
+  constructor(readonly maxGenerations = DEFAULT_MAX_GENERATIONS) {}
+
+  count(route: Route): void {
+    this.requests.total++
+    this.requests[route]++
+  }
+
+  chatStatus(status: number): void {
+    this.chatByStatus[status] = (this.chatByStatus[status] ?? 0) + 1
+  }
+
+  addGeneration(g: Generation): void {
+    this.generations.set(g.id, g)
+    if (this.generations.size > this.maxGenerations) {
+      this.generations.delete(this.generations.keys().next().value!)
+      this.generationsDropped++
+    }
+  }
+
+  /** Keeps the last MAX_RECEIVED chat requests in a ring buffer. */
+  receive(entry: Received): void {
+    this.#received[this.#receivedNext] = entry
+    this.#receivedNext = (this.#receivedNext + 1) % MAX_RECEIVED
+  }
+
+  /** Oldest first. */
+  received(): Received[] {
+    // Until the ring is full, #receivedNext === length and the first slice is empty.
+    const r = this.#received
+    return [...r.slice(this.#receivedNext), ...r.slice(0, this.#receivedNext)]
+  }
+
+  reset(): void {
+    this.requests = { total: 0, chat: 0, models: 0, generation: 0, other: 0 }
+    this.chatByStatus = {}
+    this.generations.clear()
+    this.generationsDropped = 0
+    this.#received = []
+    this.#receivedNext = 0
+  }
+
+  /** The GET /__sim/stats document; `summary` leaves out the per-item arrays. */
+  snapshot(summary = false): Record<string, unknown> {
+    const head = {
+      requests: { ...this.requests },
+      chat_by_status: { ...this.chatByStatus },
+      generations_count: this.generations.size,
+      generations_dropped: this.generationsDropped,
+    }
+    if (summary) return head
+    return {
+      ...head,
+      generations: Array.from(this.generations.values(), (g) => ({
+        id: g.id,
+        model: g.model,
+        stream: g.stream,
+        prompt_tokens: g.promptTokens,
+        completion_tokens: g.completionTokens,
+        cancelled: g.cancelled,
+        fault: g.fault,
+        total_cost: g.totalCost,
+        finish_reason: g.finishReason,
+        ended: g.endedAt !== undefined,
+      })),
+      received: this.received(),
+    }
+  }
+}
