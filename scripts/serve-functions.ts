@@ -36,8 +36,7 @@ async function loadFunctions(): Promise<Map<string, Handler>> {
     } catch {
       continue
     }
-    let captured: Handler | undefined
-    // deno-lint-ignore no-explicit-any
+    let captured: Handler | undefined // deno-lint-ignore no-explicit-any
     ;(Deno as any).serve = (...args: any[]) => {
       captured = args.find((a) => typeof a === 'function') ?? args.find((a) => a?.handler)?.handler
       return { finished: new Promise(() => {}), shutdown: async () => {}, ref() {}, unref() {} }
@@ -47,7 +46,9 @@ async function loadFunctions(): Promise<Map<string, Handler>> {
     } finally {
       ;(Deno as { serve: typeof realServe }).serve = realServe
     }
-    if (!captured) throw new Error(`supabase/functions/${entry.name}/index.ts never called Deno.serve`)
+    if (!captured) {
+      throw new Error(`supabase/functions/${entry.name}/index.ts never called Deno.serve`)
+    }
     handlers.set(entry.name, captured)
   }
   return handlers
@@ -65,7 +66,9 @@ const server = Deno.serve({
   hostname: '127.0.0.1',
   port,
   onListen: () =>
-    console.log(`functions: ${[...handlers.keys()].join(', ')} on http://127.0.0.1:${port}/functions/v1/`),
+    console.log(
+      `functions: ${[...handlers.keys()].join(', ')} on http://127.0.0.1:${port}/functions/v1/`,
+    ),
 }, (req, info) => {
   const url = new URL(req.url)
   const match = /^\/functions\/v1\/([^/]+)(\/.*)?$/.exec(url.pathname)
