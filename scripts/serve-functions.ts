@@ -36,15 +36,17 @@ async function loadFunctions(): Promise<Map<string, Handler>> {
     } catch {
       continue
     }
-    let captured: Handler | undefined // deno-lint-ignore no-explicit-any
-    ;(Deno as any).serve = (...args: any[]) => {
-      captured = args.find((a) => typeof a === 'function') ?? args.find((a) => a?.handler)?.handler
+    let captured: Handler | undefined
+    const denoServe = Deno as unknown as { serve: (...args: unknown[]) => unknown }
+    denoServe.serve = (...args: unknown[]) => {
+      captured = args.find((a): a is Handler => typeof a === 'function') ??
+        (args.find((a) => (a as { handler?: Handler })?.handler) as { handler: Handler })?.handler
       return { finished: new Promise(() => {}), shutdown: async () => {}, ref() {}, unref() {} }
     }
     try {
       await import(index.href)
     } finally {
-      ;(Deno as { serve: typeof realServe }).serve = realServe
+      denoServe.serve = realServe as unknown as typeof denoServe.serve
     }
     if (!captured) {
       throw new Error(`supabase/functions/${entry.name}/index.ts never called Deno.serve`)
