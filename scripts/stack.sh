@@ -172,7 +172,7 @@ start_functions() {
       export OPENROUTER_API_KEY=simulated-upstream-key GATEWAY_UPSTREAM_SIMULATED=1
     fi
     cd "$ROOT"
-    nohup "$ROOT/node_modules/.bin/deno" run --allow-net --allow-env --allow-read \
+    nohup "$ROOT/node_modules/.bin/deno" run --allow-net --allow-env --allow-read --unstable-no-legacy-abort \
       scripts/serve-functions.ts >"$LOCAL/functions.log" 2>&1 &
     echo $! >"$LOCAL/functions.pid"
   )
