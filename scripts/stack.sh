@@ -150,7 +150,7 @@ start_simulator() {
 }
 
 functions_hash() {
-  find "$ROOT/supabase/functions" "$ROOT/scripts/serve-functions.ts" -type f -print0 | sort -z |
+  find "$ROOT/supabase/functions" "$ROOT/scripts/serve-functions.ts" "$ROOT/scripts/stack.sh" -type f -print0 | sort -z |
     xargs -0 sha1sum | sha1sum | cut -c1-40
 }
 
