@@ -1,0 +1,242 @@
+// The request path under real concurrency, straight against Postgres (no HTTP): many connections,
+// each assuming gateway_api exactly like the edge function, run begin_request/settle_request pairs
+// against ONE account with a small balance. Whatever the interleaving:
+//   - no hold is ever placed beyond the balance (available = balance - held never below zero),
+//   - the balance never goes negative, and the ledger sums to it,
+//   - the number admitted is exactly what the balance allows,
+//   - a request limit admits exactly its limit, and refused requests are never counted.
+//
+//   DB_URL  Postgres as postgres (default postgresql://postgres:postgres@127.0.0.1:54322/postgres)
+
+import postgres from 'postgres'
+import assert from 'node:assert/strict'
+
+const DB_URL = Deno.env.get('DB_URL') ?? 'postgresql://postgres:postgres@127.0.0.1:54322/postgres'
+const CONNECTIONS = 64
+
+type Json = Record<string, unknown>
+
+function test(name: string, fn: () => Promise<void>): void {
+  Deno.test({ name, fn, sanitizeOps: false, sanitizeResources: false })
+}
+
+/** The operator's connection, for set-up and for reading what happened. */
+function operator(): postgres.Sql {
+  return postgres(DB_URL, { max: 2, onnotice: () => {} })
+}
+
+/** A pool of `max` connections that, like the edge function, can only execute the API functions. */
+function gatewayPool(max: number): postgres.Sql {
+  return postgres(DB_URL, {
+    max,
+    onnotice: () => {},
+    connection: { application_name: 'sql-concurrency-test', options: '-c role=gateway_api' },
+  })
+}
+
+async function sha256Hex(text: string): Promise<string> {
+  const digest = await crypto.subtle.digest('SHA-256', new TextEncoder().encode(text))
+  return Array.from(new Uint8Array(digest), (b) => b.toString(16).padStart(2, '0')).join('')
+}
+
+interface Account {
+  userId: number
+  keyHashHex: string
+}
+
+/** A fresh account holding exactly `credits`, with request limits out of the way unless given. */
+async function newAccount(
+  op: postgres.Sql,
+  credits: number,
+  limits: Record<string, number> = {
+    requests_per_minute: 1e6,
+    requests_per_hour: 1e6,
+    requests_per_day: 1e6,
+  },
+): Promise<Account> {
+  const email = `concurrency-${crypto.randomUUID()}@example.com`
+  const [{ r }] = await op`select gateway.register(${email}, null, 'test', null) as r`
+  const delta = credits - Number(r.credits)
+  if (delta !== 0) await op`select * from gateway.add_credits(${r.user_id}, ${delta}, 'test')`
+  await op`select gateway.set_rate_limits(${r.user_id}, ${op.json(limits)})`
+  return { userId: Number(r.user_id), keyHashHex: await sha256Hex(r.api_key) }
+}
+
+async function begin(
+  sql: postgres.Sql,
+  a: Account,
+  maxTokens: number,
+  now: string | null = null,
+): Promise<Json> {
+  const [{ r }] = await sql`
+    select gateway.begin_request(decode(${a.keyHashHex}, 'hex'), null, null, 'test/concurrency',
+                                 ${maxTokens}::int, 0, coalesce(${now}::timestamptz, now())) as r`
+  return r as Json
+}
+
+async function settle(sql: postgres.Sql, holdId: number, completion: number): Promise<Json> {
+  const [{ r }] = await sql`
+    select gateway.settle_request(${holdId}::bigint, 'test/concurrency', 0, ${completion}::int,
+                                  null, 'success', 1, null, 'usage') as r`
+  return r as Json
+}
+
+const pause = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms))
+
+/** Polls balance/held while `work` runs; returns the worst `available` and `balance` seen. */
+async function watch(op: postgres.Sql, userId: number, work: Promise<unknown>) {
+  let done = false
+  let minAvailable = Infinity
+  let minBalance = Infinity
+  let samples = 0
+  const poller = (async () => {
+    while (!done) {
+      const [b] = await op`
+        select balance::bigint as balance, held::bigint as held
+          from gateway.credit_balances where account_id = ${userId}`
+      minAvailable = Math.min(minAvailable, Number(b.balance) - Number(b.held))
+      minBalance = Math.min(minBalance, Number(b.balance))
+      samples++
+    }
+  })()
+  try {
+    await work
+  } finally {
+    done = true
+    await poller
+  }
+  return { minAvailable, minBalance, samples }
+}
+
+async function finalState(op: postgres.Sql, userId: number) {
+  const [s] = await op`
+    select b.balance::bigint as balance, b.held::bigint as held,
+           (select coalesce(sum(amount), 0)::bigint from gateway.ledger l
+             where l.account_id = b.account_id) as ledger_sum,
+           (select count(*)::int from gateway.holds h where h.account_id = b.account_id) as open_holds,
+           (select count(*)::int from gateway.usage_records u where u.account_id = b.account_id)
+             as usage_records
+      from gateway.credit_balances b where b.account_id = ${userId}`
+  return {
+    balance: Number(s.balance),
+    held: Number(s.held),
+    ledgerSum: Number(s.ledger_sum),
+    openHolds: s.open_holds as number,
+    usageRecords: s.usage_records as number,
+  }
+}
+
+test('600 concurrent begin/settle pairs on one account admit exactly what 1000 credits allow', async () => {
+  const op = operator()
+  const api = gatewayPool(CONNECTIONS)
+  try {
+    const PAIRS = 600
+    const COST = 10 // max_tokens 10, no prompt: a hold of 10 credits, settled in full
+    const account = await newAccount(op, 1000)
+    // Open every connection first, so the pairs really run on CONNECTIONS backends at once.
+    await Promise.all(Array.from({ length: CONNECTIONS }, () => api`select 1`))
+
+    const outcomes = new Map<string, number>()
+    const pairs = Array.from({ length: PAIRS }, async () => {
+      const b = await begin(api, account, COST)
+      const key = b.ok ? 'admitted' : String(b.reason)
+      outcomes.set(key, (outcomes.get(key) ?? 0) + 1)
+      if (!b.ok) return
+      assert.equal(b.held_credits, COST)
+      assert.equal(b.max_tokens, COST)
+      await pause(Math.random() * 5) // the upstream call
+      const s = await settle(api, b.hold_id as number, COST)
+      assert.equal(s.settled, true)
+      assert.equal(s.credits_charged, COST)
+    })
+    const seen = await watch(op, account.userId, Promise.all(pairs))
+
+    assert.deepEqual(Object.fromEntries(outcomes), { admitted: 100, insufficient_credits: 500 })
+    assert.ok(seen.minAvailable >= 0, `available went to ${seen.minAvailable}`)
+    assert.ok(seen.minBalance >= 0, `balance went to ${seen.minBalance}`)
+    assert.ok(seen.samples > 0)
+    assert.deepEqual(await finalState(op, account.userId), {
+      balance: 0,
+      held: 0,
+      ledgerSum: 0,
+      openHolds: 0,
+      usageRecords: 100,
+    })
+    await op`select gateway.erase_account(${account.userId})`
+  } finally {
+    await api.end()
+    await op.end()
+  }
+})
+
+test('concurrent pairs that use less than they hold never overspend and keep ledger = balance', async () => {
+  const op = operator()
+  const api = gatewayPool(CONNECTIONS)
+  try {
+    const account = await newAccount(op, 2000)
+    let admitted = 0
+    let charged = 0
+    const pairs = Array.from({ length: 600 }, async (_, i) => {
+      const b = await begin(api, account, 25 + (i % 50))
+      if (!b.ok) {
+        assert.equal(b.reason, 'insufficient_credits')
+        return
+      }
+      admitted++
+      const hold = b.held_credits as number
+      assert.ok(hold >= 1 && hold <= 74)
+      await pause(Math.random() * 5)
+      const used = Math.floor(hold * Math.random()) // upstream stops early: the rest is released
+      const s = await settle(api, b.hold_id as number, used)
+      charged += s.credits_charged as number
+      // A second settle of the same hold (a retried callback) changes nothing.
+      assert.deepEqual(await settle(api, b.hold_id as number, used), {
+        settled: false,
+        reason: 'already_settled',
+      })
+    })
+    const seen = await watch(op, account.userId, Promise.all(pairs))
+    const end = await finalState(op, account.userId)
+
+    assert.ok(seen.minAvailable >= 0, `available went to ${seen.minAvailable}`)
+    assert.ok(seen.minBalance >= 0, `balance went to ${seen.minBalance}`)
+    assert.equal(end.held, 0)
+    assert.equal(end.openHolds, 0)
+    assert.equal(end.balance, 2000 - charged)
+    assert.equal(end.ledgerSum, end.balance)
+    assert.equal(end.usageRecords, admitted)
+    assert.ok(admitted > 26, `released credits were reused: ${admitted} admitted`)
+    await op`select gateway.erase_account(${account.userId})`
+  } finally {
+    await api.end()
+    await op.end()
+  }
+})
+
+test('500 concurrent requests against a 37/minute limit admit exactly 37 and count only those', async () => {
+  const op = operator()
+  const api = gatewayPool(CONNECTIONS)
+  try {
+    const account = await newAccount(op, 1_000_000, { requests_per_minute: 37 })
+    // One fixed instant for every call: the run may cross a real minute boundary.
+    const [{ now }] = await op`
+      select (date_trunc('minute', now()) + interval '30 seconds')::text as now`
+    const results = await Promise.all(
+      Array.from({ length: 500 }, () => begin(api, account, 1, now)),
+    )
+    const admitted = results.filter((r) => r.ok)
+    assert.equal(admitted.length, 37)
+    assert.ok(results.filter((r) => !r.ok).every((r) => r.window === 'requests_per_minute'))
+    const [{ usage }] =
+      await op`select gateway.window_usage('account', ${account.userId}, ${now}) as usage`
+    assert.equal(usage.requests_this_minute, 37)
+    const remaining = admitted.map((r) => (r.limits as Json).requests as Json)
+      .map((l) => l.remaining as number).sort((a, b) => a - b)
+    assert.deepEqual(remaining, Array.from({ length: 37 }, (_, i) => i))
+    await Promise.all(admitted.map((r) => settle(api, r.hold_id as number, 1)))
+    await op`select gateway.erase_account(${account.userId})`
+  } finally {
+    await api.end()
+    await op.end()
+  }
+})
