@@ -3,8 +3,9 @@
 #
 # Brings the local stack up with the simulated upstream, then runs, in order: pgTAP (pg_prove over
 # supabase/tests/**/*.test.sql), deno test, deno lint, deno fmt --check, deno check, supabase db lint
-# (over the schemas we own: pgTAP itself lives in `extensions`) and supabase db advisors. Every step runs even if an earlier one failed; the last line is
-# "N passed, N failed" over tests and checks together, and the exit code is non-zero on any failure.
+# (over the schemas we own: pgTAP's own functions in `extensions` fail plpgsql_check) and supabase
+# db advisors. Every step runs even if an earlier one failed; the last line is "N passed, N failed"
+# over tests and checks together, and the exit code is non-zero on any failure.
 set -uo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
