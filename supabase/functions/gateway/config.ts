@@ -1,0 +1,66 @@
+// The function's configuration, read from the environment once per isolate. Business limits
+// (signup credits, default max_tokens, rate windows, the models TTL) are NOT here: they live in
+// Postgres system settings, so there is one place to change them.
+
+function env(name: string): string | undefined {
+  const value = Deno.env.get(name)
+  return value === undefined || value === '' ? undefined : value
+}
+
+function intEnv(name: string, fallback: number): number {
+  const raw = env(name)
+  if (raw === undefined) return fallback
+  const n = Number(raw)
+  if (!Number.isInteger(n) || n < 0) throw new Error(`${name} must be an integer >= 0`)
+  return n
+}
+
+function boolEnv(name: string, fallback: boolean): boolean {
+  const raw = env(name)
+  return raw === undefined ? fallback : /^(1|true|yes|on)$/i.test(raw)
+}
+
+const dbUrl = env('SUPABASE_DB_URL') ?? ''
+
+export const config = {
+  /** Postgres, as the Supabase runtime hands it to every function. */
+  dbUrl,
+  /**
+   * Named prepared statements save a parse per call, but a transaction-mode pooler (Supavisor on
+   * port 6543) cannot keep them; such URLs turn them off unless GATEWAY_DB_PREPARE says otherwise.
+   */
+  dbPrepare: boolEnv('GATEWAY_DB_PREPARE', !/:6543\//.test(dbUrl)),
+  dbPoolMax: intEnv('GATEWAY_DB_POOL_MAX', 4),
+  /** Public URL of the project, used for the OpenAPI `servers` entry. */
+  supabaseUrl: env('SUPABASE_URL'),
+
+  openRouterBaseUrl: (env('OPENROUTER_BASE_URL') ?? 'https://openrouter.ai/api/v1').replace(
+    /\/+$/,
+    '',
+  ),
+  openRouterKey: env('OPENROUTER_API_KEY'),
+  /** Sent as HTTP-Referer / X-Title: OpenRouter's app attribution. */
+  siteUrl: env('OPENROUTER_SITE_URL'),
+  siteName: env('OPENROUTER_SITE_NAME'),
+  /** The upstream is tools/openrouter-sim (local stack and tests only). */
+  upstreamSimulated: boolEnv('GATEWAY_UPSTREAM_SIMULATED', false),
+
+  /** How long to wait for upstream response headers (and for a whole non-streamed body). */
+  upstreamTimeoutMs: intEnv('GATEWAY_UPSTREAM_TIMEOUT_MS', 120_000),
+  /** A stream that sends nothing (not even a keep-alive comment) for this long is cut. */
+  streamIdleTimeoutMs: intEnv('GATEWAY_STREAM_IDLE_TIMEOUT_MS', 120_000),
+  /**
+   * After a client disconnect, OpenRouter's /generation stats appear a few seconds later; these are
+   * the waits (ms) between lookups before falling back to counting what was streamed.
+   */
+  generationLookupDelaysMs:
+    (env('GATEWAY_GENERATION_LOOKUP_DELAYS_MS') ?? '600,1000,1500,2500,4000')
+      .split(',').map(Number).filter((n) => Number.isFinite(n) && n >= 0),
+
+  /** Request bodies larger than this are refused with 413. */
+  maxBodyBytes: intEnv('GATEWAY_MAX_BODY_BYTES', 4 * 1024 * 1024),
+  /** One JSON log line per request and per settlement (errors are always logged). */
+  logRequests: boolEnv('GATEWAY_LOG_REQUESTS', true),
+  /** Comma-separated allowed origins for CORS, or `*` (the default). */
+  corsOrigins: (env('GATEWAY_CORS_ORIGINS') ?? '*').split(',').map((s) => s.trim()).filter(Boolean),
+} as const

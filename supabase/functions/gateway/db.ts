@@ -1,0 +1,127 @@
+// The one Postgres pool of this isolate, and the only way the function talks to the database: one
+// call of one `gateway.*` SQL function per request (docs/SQL-API.md). Every connection assumes the
+// `gateway_api` role at startup (`options=-c role=gateway_api`), so a query can do exactly what that
+// role may: execute the API functions, touch no table.
+//
+// Functions return jsonb shaped as the HTTP body; routes that only pass it on ask for `::text`, so
+// the body goes from the wire to the client without a JSON parse and re-serialisation.
+
+import postgres from 'postgres'
+import { config } from './config.ts'
+import { ApiError, fromDbError } from './errors.ts'
+
+/** The SQL functions the gateway may call (all in schema `gateway`). */
+export type SqlFunction =
+  | 'health'
+  | 'register'
+  | 'user_balance'
+  | 'user_monitor'
+  | 'user_limits'
+  | 'user_profile'
+  | 'update_profile'
+  | 'delete_account'
+  | 'create_key'
+  | 'list_keys'
+  | 'update_key'
+  | 'rotate_key'
+  | 'delete_key'
+  | 'key_usage'
+  | 'admin_add_credits'
+  | 'admin_balances'
+  | 'admin_monitor'
+  | 'admin_set_limits'
+  | 'admin_authorize'
+  | 'models_cache'
+  | 'store_models_cache'
+  | 'begin_request'
+  | 'settle_request'
+  | 'void_request'
+  | 'idempotency_begin'
+  | 'idempotency_complete'
+
+/**
+ * A parameter: bytea as Uint8Array; jsonb as the value itself (postgres.js serialises it once, by
+ * the parameter type the server reports — a pre-stringified JSON would become a JSON string); the
+ * rest as text the server casts.
+ */
+export type SqlArg = string | number | boolean | Uint8Array | null | JsonValue
+export type JsonValue = { [key: string]: unknown } | unknown[]
+
+let pool: postgres.Sql | undefined
+
+/** The pool, created on first use (connections themselves open lazily too). */
+export function sql(): postgres.Sql {
+  if (!pool) {
+    if (!config.dbUrl) {
+      throw new ApiError(503, 'The database is not configured', { code: 'database_unavailable' })
+    }
+    pool = postgres(config.dbUrl, {
+      max: config.dbPoolMax,
+      prepare: config.dbPrepare,
+      idle_timeout: 30,
+      connect_timeout: 5,
+      // No array types are used, so skip the type-catalogue query every new connection would run.
+      fetch_types: false,
+      onnotice: () => {},
+      connection: { application_name: 'gateway-function', options: '-c role=gateway_api' },
+    })
+  }
+  return pool
+}
+
+const texts = new Map<string, string>()
+
+/** `select gateway.fn($1, …, $n)[::text] as r`, built once per function and arity. */
+function statement(fn: SqlFunction, arity: number, asText: boolean): string {
+  const key = `${fn}/${arity}/${asText}`
+  let text = texts.get(key)
+  if (text === undefined) {
+    const params = Array.from({ length: arity }, (_, i) => `$${i + 1}`).join(', ')
+    text = `select gateway.${fn}(${params})${asText ? '::text' : ''} as r`
+    texts.set(key, text)
+  }
+  return text
+}
+
+/** jsonb values go as typed JSON parameters (a bare JS array would be sent as a Postgres array). */
+function params(args: SqlArg[]): unknown[] {
+  return args.map((a) =>
+    a !== null && typeof a === 'object' && !(a instanceof Uint8Array)
+      ? sql().json(a as postgres.JSONValue)
+      : a
+  )
+}
+
+async function run(fn: SqlFunction, args: SqlArg[], asText: boolean): Promise<unknown> {
+  try {
+    // deno-lint-ignore no-explicit-any -- postgres.js types parameters loosely
+    const rows = await sql().unsafe(statement(fn, args.length, asText), params(args) as any[])
+    return rows[0]?.r ?? null
+  } catch (err) {
+    throw fromDbError(err)
+  }
+}
+
+/** Calls `gateway.fn(args…)` and returns its jsonb result, parsed. */
+export function call<T>(fn: SqlFunction, args: SqlArg[]): Promise<T> {
+  return run(fn, args, false) as Promise<T>
+}
+
+/** Calls `gateway.fn(args…)` and returns its jsonb result as JSON text, ready to be a body. */
+export function callText(fn: SqlFunction, args: SqlArg[]): Promise<string> {
+  return run(fn, args, true) as Promise<string>
+}
+
+/**
+ * The first row of a fixed statement that combines API functions in one round trip (health, the
+ * models cache). `text` is always a constant of this codebase; values go in `args`.
+ */
+export async function queryRow<T>(text: string, args: SqlArg[] = []): Promise<T> {
+  try {
+    // deno-lint-ignore no-explicit-any -- postgres.js types parameters loosely
+    const rows = await sql().unsafe(text, params(args) as any[])
+    return rows[0] as T
+  } catch (err) {
+    throw fromDbError(err)
+  }
+}

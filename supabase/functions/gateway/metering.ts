@@ -1,0 +1,249 @@
+// The hold lifecycle of a chat request (docs/SQL-API.md, "The request path"): `begin_request` admits
+// and holds credits before anything goes upstream; then exactly one of `settle_request` (charge what
+// was generated) or `void_request` (release: nothing was generated). SQL makes settling idempotent
+// per hold, so a duplicate attempt changes nothing; this module makes sure one attempt happens even
+// when the client is gone or the isolate is about to be recycled (every settle runs in background).
+//
+// How a settle knows what was generated (`settled_by`):
+//   usage         upstream's usage object (the normal case, stream or not)
+//   generation    OpenRouter's /generation stats for the X-Generation-Id (after a disconnect or a
+//                 broken response: they appear a few seconds after the generation ends)
+//   stream_count  counted by us: the prompt estimate and one token per streamed content chunk
+
+import type { Caller } from './auth.ts'
+import { callerArgs } from './auth.ts'
+import { describe, inBackground } from './background.ts'
+import { config } from './config.ts'
+import { call } from './db.ts'
+import { ApiError } from './errors.ts'
+import { log } from './log.ts'
+import { generationStats } from './upstream.ts'
+
+interface Window {
+  limit: number | null
+  remaining: number | null
+  reset_seconds: number | null
+}
+export interface Limits {
+  requests?: Window | null
+  tokens?: Window | null
+}
+
+export interface Hold {
+  hold_id: number
+  user_id: number
+  key_id: number
+  key_prefix: string
+  held_credits: number
+  /** What may be sent upstream as max_tokens: the request's, capped by what the hold covers. */
+  max_tokens: number
+  balance: number
+  limits?: Limits
+}
+
+interface Refusal {
+  ok: false
+  reason: string
+  message?: string
+  retry_after_seconds?: number
+  window?: string
+  limits?: Limits
+}
+
+const REFUSAL_STATUS: Record<string, 401 | 402 | 403 | 429> = {
+  invalid_api_key: 401,
+  key_inactive: 401,
+  key_expired: 401,
+  permission_denied: 403,
+  ip_not_allowed: 403,
+  referrer_not_allowed: 403,
+  key_request_cap: 429,
+  rate_limited: 429,
+  insufficient_credits: 402,
+}
+
+/** The x-ratelimit-* headers OpenAI clients read, from the tightest window of each kind. */
+export function rateLimitHeaders(limits: Limits | undefined): Record<string, string> {
+  const headers: Record<string, string> = {}
+  for (const kind of ['requests', 'tokens'] as const) {
+    const w = limits?.[kind]
+    if (!w) continue
+    if (w.limit != null) headers[`x-ratelimit-limit-${kind}`] = String(w.limit)
+    if (w.remaining != null) {
+      headers[`x-ratelimit-remaining-${kind}`] = String(Math.max(0, w.remaining))
+    }
+    if (w.reset_seconds != null) headers[`x-ratelimit-reset-${kind}`] = `${w.reset_seconds}s`
+  }
+  return headers
+}
+
+/** Admits the request and holds credits for it, or throws the refusal as a 401/402/403/429. */
+export async function begin(
+  who: Caller,
+  model: string,
+  maxTokens: number | null,
+  promptTokens: number,
+): Promise<Hold> {
+  const r = await call<({ ok: true } & Hold) | Refusal>('begin_request', [
+    ...callerArgs(who),
+    model,
+    maxTokens,
+    promptTokens,
+  ])
+  if (r.ok) return r
+  const status = REFUSAL_STATUS[r.reason] ?? 403
+  const headers = rateLimitHeaders(r.limits)
+  if (status === 429) {
+    headers['retry-after'] = String(Math.max(1, Math.ceil(r.retry_after_seconds ?? 1)))
+  }
+  throw new ApiError(status, r.message ?? 'Request refused', { code: r.reason, headers })
+}
+
+export type SettledBy = 'usage' | 'generation' | 'stream_count'
+
+/** How the request ended, recorded with the usage. */
+export type Outcome = 'success' | 'cancelled' | 'upstream_error'
+
+export interface Usage {
+  model: string
+  promptTokens: number
+  completionTokens: number
+  cost: number | null
+  generationId: string | null
+  settledBy: SettledBy
+  outcome: Outcome
+  latencyMs: number
+}
+
+export interface Settlement {
+  settled: boolean
+  credits_charged?: number
+  balance_after?: number
+  reason?: string
+}
+
+// A settle that cannot reach the database keeps trying in background for about two minutes (well
+// within the hold timeout, after which the sweeper would release the hold unbilled).
+const RETRY_DELAYS_MS = [100, 500, 2_000, 5_000, 15_000, 30_000, 60_000]
+
+async function withRetries<T>(what: string, attempt: () => Promise<T>): Promise<T> {
+  for (let i = 0;; i++) {
+    try {
+      return await attempt()
+    } catch (err) {
+      // Only an unreachable database is worth retrying; anything else will fail the same way.
+      const retriable = err instanceof ApiError && err.status === 503
+      if (!retriable || i >= RETRY_DELAYS_MS.length) throw err
+      log('warn', `${what}: retrying`, { error: describe(err) })
+      await new Promise((r) => setTimeout(r, RETRY_DELAYS_MS[i]))
+    }
+  }
+}
+
+/**
+ * Charges the hold for `usage`. Runs in background (it survives the response and retries while the
+ * database is unreachable); awaiting it gives the settlement, or undefined if it failed for good.
+ * A response that reports the settlement should wait for it with `within`.
+ */
+export function settle(hold: Hold, usage: Usage): Promise<Settlement | undefined> {
+  return inBackground(
+    withRetries('settle_request', async () => {
+      const s = await call<Settlement>('settle_request', [
+        hold.hold_id,
+        usage.model,
+        Math.max(0, Math.round(usage.promptTokens)),
+        Math.max(0, Math.round(usage.completionTokens)),
+        usage.cost,
+        usage.outcome,
+        Math.max(0, Math.round(usage.latencyMs)),
+        usage.generationId,
+        usage.settledBy,
+      ])
+      log('info', 'settled', {
+        hold_id: hold.hold_id,
+        user_id: hold.user_id,
+        key_prefix: hold.key_prefix,
+        model: usage.model,
+        settled_by: usage.settledBy,
+        outcome: usage.outcome,
+        prompt_tokens: usage.promptTokens,
+        completion_tokens: usage.completionTokens,
+        credits_charged: s.credits_charged,
+        latency_ms: usage.latencyMs,
+        repeated: s.settled ? undefined : s.reason,
+      })
+      return s
+    }),
+    'settle_request',
+  )
+}
+
+/** Releases the hold without a charge (nothing reached upstream, or upstream refused it). */
+export function voidHold(hold: Hold, reason: string): Promise<unknown> {
+  return inBackground(
+    withRetries('void_request', () => call('void_request', [hold.hold_id, reason])),
+    'void_request',
+  )
+}
+
+export interface LostUsage {
+  model: string
+  generationId: string | null
+  /** Our own count, the last resort: prompt estimate and streamed content chunks. */
+  countedPromptTokens: number
+  countedCompletionTokens: number
+  outcome: Outcome
+  latencyMs: number
+}
+
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms))
+
+/**
+ * Settles a request whose usage object never arrived (client gone, stream broken): from
+ * OpenRouter's generation stats once they appear, else from our own count. Never unbilled.
+ */
+export function settleWithoutUsage(hold: Hold, lost: LostUsage): Promise<Settlement | undefined> {
+  return inBackground(
+    (async () => {
+      if (lost.generationId) {
+        for (const delay of config.generationLookupDelaysMs) {
+          await sleep(delay)
+          const stats = await generationStats(lost.generationId).catch(() => null)
+          if (stats) {
+            return await settle(hold, {
+              model: lost.model,
+              promptTokens: stats.promptTokens,
+              completionTokens: stats.completionTokens,
+              cost: stats.cost,
+              generationId: lost.generationId,
+              settledBy: 'generation',
+              outcome: lost.outcome,
+              latencyMs: lost.latencyMs,
+            })
+          }
+        }
+      }
+      return await settle(hold, {
+        model: lost.model,
+        promptTokens: lost.countedPromptTokens,
+        completionTokens: lost.countedCompletionTokens,
+        cost: null,
+        generationId: lost.generationId,
+        settledBy: 'stream_count',
+        outcome: lost.outcome,
+        latencyMs: lost.latencyMs,
+      })
+    })(),
+    'settle without usage',
+  )
+}
+
+/** The settlement if it arrives within `ms`, else undefined (the settle itself goes on). */
+export function within<T>(task: Promise<T | undefined>, ms: number): Promise<T | undefined> {
+  let timer: ReturnType<typeof setTimeout> | undefined
+  const timeout = new Promise<undefined>((r) => timer = setTimeout(() => r(undefined), ms))
+  return Promise.race([task, timeout]).finally(() => clearTimeout(timer))
+}
+
+/** How long a response waits for its settlement to report gateway_usage. */
+export const REPORT_WAIT_MS = 3_000

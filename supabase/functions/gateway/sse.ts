@@ -1,0 +1,301 @@
+// A streamed chat completion, metered on its way through. OpenRouter's SSE events are forwarded as
+// they arrive (one complete event at a time; keep-alive comments too), except two that are held
+// back: the usage chunk (`choices: []`, `usage`) and `data: [DONE]`. When upstream ends, the hold is
+// settled from that usage and the usage chunk goes out with `gateway_usage` added, then [DONE].
+//
+// The stream is pull-based (highWaterMark 0): upstream is read only as fast as the client reads.
+// If the client goes away, `cancel` aborts upstream (stops spending) and settles in background from
+// whatever is known: the usage chunk, else OpenRouter's generation stats, else our own count. A
+// broken upstream stream (cut, malformed event, idle too long) ends with an OpenAI-style error event
+// and is settled the same way. Exactly one settle or none is started per stream (`#finished`).
+
+import {
+  type Hold,
+  type Outcome,
+  REPORT_WAIT_MS,
+  settle,
+  settleWithoutUsage,
+  within,
+} from './metering.ts'
+import type { UpstreamCall } from './upstream.ts'
+
+export interface StreamMeta {
+  hold: Hold
+  /** The model the hold was begun for (billing falls back to it when upstream names none). */
+  model: string
+  promptEstimate: number
+  generationId: string | null
+  startedAt: number
+  call: UpstreamCall
+  idleTimeoutMs: number
+}
+
+interface UpstreamUsage {
+  prompt_tokens?: number
+  completion_tokens?: number
+  cost?: number
+}
+
+const encoder = new TextEncoder()
+const DONE = 'data: [DONE]\n\n'
+
+class MalformedEvent extends Error {
+  override name = 'MalformedEvent'
+}
+class IdleTimeout extends Error {
+  override name = 'IdleTimeout'
+}
+
+/** Inserts `"name": valueJson` as the last member of the JSON object text `objectJson`. */
+export function appendMember(objectJson: string, name: string, valueJson: string): string {
+  const end = objectJson.lastIndexOf('}')
+  const head = objectJson.slice(0, end).trimEnd()
+  const sep = head.endsWith('{') ? '' : ','
+  return `${head}${sep}"${name}":${valueJson}}`
+}
+
+export function gatewayUsageJson(
+  charged: number | null | undefined,
+  balanceAfter: number | null | undefined,
+  keyPrefix: string,
+): string {
+  return JSON.stringify({
+    tokens_charged: charged ?? null,
+    user_balance_after: balanceAfter ?? null,
+    user_api_key: keyPrefix,
+  })
+}
+
+function errorEvent(message: string, code: string): string {
+  return `data: ${JSON.stringify({ error: { message, type: 'api_error', code, param: null } })}\n\n`
+}
+
+export class MeteredStream {
+  readonly readable: ReadableStream<Uint8Array>
+  readonly #meta: StreamMeta
+  readonly #reader: ReadableStreamDefaultReader<Uint8Array>
+  readonly #decoder = new TextDecoder()
+  #buffer = ''
+  #finished = false
+  #usage: UpstreamUsage | null = null
+  #usageData: string | null = null
+  #model: string | null = null
+  #generationId: string | null
+  #contentChunks = 0
+  #sawError = false
+  #idle = false
+
+  constructor(upstream: ReadableStream<Uint8Array>, meta: StreamMeta) {
+    this.#meta = meta
+    this.#generationId = meta.generationId
+    this.#reader = upstream.getReader()
+    this.readable = new ReadableStream<Uint8Array>({
+      pull: (c) => this.#pull(c),
+      cancel: () => this.#clientGone(),
+    }, { highWaterMark: 0 })
+  }
+
+  async #pull(c: ReadableStreamDefaultController<Uint8Array>): Promise<void> {
+    for (;;) {
+      let read: ReadableStreamReadResult<Uint8Array>
+      let out: string
+      try {
+        read = await this.#read()
+        if (read.done) return await this.#end(c)
+        out = this.#feed(this.#decoder.decode(read.value, { stream: true }))
+      } catch (err) {
+        return this.#fail(c, err)
+      }
+      if (out) {
+        c.enqueue(encoder.encode(out))
+        return
+      }
+    }
+  }
+
+  /** One upstream read, cut when upstream stays silent longer than the idle timeout. */
+  async #read(): Promise<ReadableStreamReadResult<Uint8Array>> {
+    const timer = setTimeout(() => {
+      this.#idle = true
+      this.#meta.call.abort()
+    }, this.#meta.idleTimeoutMs)
+    try {
+      return await this.#reader.read()
+    } catch (err) {
+      throw this.#idle ? new IdleTimeout('upstream stream idle') : err
+    } finally {
+      clearTimeout(timer)
+    }
+  }
+
+  /** Splits complete events out of the buffer; returns the text to forward now. */
+  #feed(text: string): string {
+    this.#buffer += text
+    if (this.#buffer.includes('\r')) this.#buffer = this.#buffer.replace(/\r\n?/g, '\n')
+    let out = ''
+    let start = 0
+    for (;;) {
+      const end = this.#buffer.indexOf('\n\n', start)
+      if (end < 0) break
+      out += this.#event(this.#buffer.slice(start, end))
+      start = end + 2
+    }
+    this.#buffer = this.#buffer.slice(start)
+    return out
+  }
+
+  /** Inspects one event (without its blank-line terminator); returns what to forward of it. */
+  #event(event: string): string {
+    if (event === '') return ''
+    if (event.startsWith(':') && !event.includes('\ndata:')) return `${event}\n\n`
+    let data = ''
+    for (const line of event.split('\n')) {
+      if (line.startsWith('data:')) {
+        const value = line.charCodeAt(5) === 32 ? line.slice(6) : line.slice(5)
+        data = data ? `${data}\n${value}` : value
+      }
+    }
+    if (data === '') return `${event}\n\n`
+    if (data === '[DONE]') return ''
+    // deno-lint-ignore no-explicit-any -- an OpenRouter chunk; only a few fields are read
+    let chunk: any
+    try {
+      chunk = JSON.parse(data)
+    } catch {
+      throw new MalformedEvent('malformed upstream event')
+    }
+    if (typeof chunk?.id === 'string' && !this.#generationId) this.#generationId = chunk.id
+    if (typeof chunk?.model === 'string') this.#model = chunk.model
+    const delta = chunk?.choices?.[0]?.delta
+    if (delta && (delta.content || delta.reasoning || delta.tool_calls || delta.refusal)) {
+      this.#contentChunks++
+    }
+    if (chunk?.error) this.#sawError = true
+    if (chunk?.usage && typeof chunk.usage === 'object') {
+      this.#usage = chunk.usage
+      this.#usageData = data
+      return ''
+    }
+    return `${event}\n\n`
+  }
+
+  #billedModel(): string {
+    return this.#model ?? this.#meta.model
+  }
+
+  #elapsed(): number {
+    return Date.now() - this.#meta.startedAt
+  }
+
+  /** Settles in background from what is known; the caller has set #finished. */
+  #settleKnown(outcome: Outcome): void {
+    const usage = this.#usage
+    if (usage) {
+      settle(this.#meta.hold, {
+        model: this.#billedModel(),
+        promptTokens: usage.prompt_tokens ?? this.#meta.promptEstimate,
+        completionTokens: usage.completion_tokens ?? this.#contentChunks,
+        cost: typeof usage.cost === 'number' ? usage.cost : null,
+        generationId: this.#generationId,
+        settledBy: 'usage',
+        outcome,
+        latencyMs: this.#elapsed(),
+      })
+      return
+    }
+    settleWithoutUsage(this.#meta.hold, {
+      model: this.#billedModel(),
+      generationId: this.#generationId,
+      countedPromptTokens: this.#meta.promptEstimate,
+      countedCompletionTokens: this.#contentChunks,
+      outcome,
+      latencyMs: this.#elapsed(),
+    })
+  }
+
+  /** Upstream finished: settle from its usage, then send the usage chunk and [DONE]. */
+  async #end(c: ReadableStreamDefaultController<Uint8Array>): Promise<void> {
+    if (this.#finished) return
+    // A last event without its terminating blank line still counts.
+    let tail = ''
+    const rest = this.#buffer + this.#decoder.decode()
+    this.#buffer = ''
+    if (rest.trim()) {
+      try {
+        tail = this.#event(rest.trim())
+      } catch (err) {
+        return this.#fail(c, err)
+      }
+    }
+    this.#finished = true
+    this.#meta.call.done()
+    const usage = this.#usage
+    if (!usage || !this.#usageData) {
+      this.#settleKnown(this.#sawError ? 'upstream_error' : 'success')
+      this.#close(c, tail + (this.#sawError ? '' : DONE))
+      return
+    }
+    const settlement = await within(
+      settle(this.#meta.hold, {
+        model: this.#billedModel(),
+        promptTokens: usage.prompt_tokens ?? this.#meta.promptEstimate,
+        completionTokens: usage.completion_tokens ?? this.#contentChunks,
+        cost: typeof usage.cost === 'number' ? usage.cost : null,
+        generationId: this.#generationId,
+        settledBy: 'usage',
+        outcome: this.#sawError ? 'upstream_error' : 'success',
+        latencyMs: this.#elapsed(),
+      }),
+      REPORT_WAIT_MS,
+    )
+    const gatewayUsage = gatewayUsageJson(
+      settlement?.credits_charged,
+      settlement?.balance_after,
+      this.#meta.hold.key_prefix,
+    )
+    this.#close(
+      c,
+      `${tail}data: ${appendMember(this.#usageData, 'gateway_usage', gatewayUsage)}\n\n${DONE}`,
+    )
+  }
+
+  /** Upstream broke (cut, malformed, idle): tell the client in-stream, settle what is known. */
+  #fail(c: ReadableStreamDefaultController<Uint8Array>, err: unknown): void {
+    if (this.#finished) return
+    this.#finished = true
+    this.#meta.call.abort()
+    this.#reader.cancel().catch(() => {})
+    this.#settleKnown('upstream_error')
+    const message = err instanceof MalformedEvent
+      ? 'The upstream provider sent a malformed event'
+      : err instanceof IdleTimeout
+      ? 'The upstream provider stopped sending'
+      : 'The upstream stream was interrupted'
+    this.#close(
+      c,
+      errorEvent(
+        message,
+        err instanceof IdleTimeout ? 'upstream_timeout' : 'upstream_stream_error',
+      ),
+    )
+  }
+
+  /** The client went away: stop upstream and bill what was generated. */
+  #clientGone(): void {
+    if (this.#finished) return
+    this.#finished = true
+    this.#meta.call.abort()
+    this.#reader.cancel().catch(() => {})
+    this.#settleKnown('cancelled')
+  }
+
+  #close(c: ReadableStreamDefaultController<Uint8Array>, last: string): void {
+    // The client may have gone while we settled; then there is no one to write to.
+    try {
+      if (last) c.enqueue(encoder.encode(last))
+      c.close()
+    } catch {
+      // already cancelled
+    }
+  }
+}
