@@ -16,6 +16,13 @@ export SIM_URL="http://127.0.0.1:54340"
 export PGPASSWORD=postgres
 DENO="$ROOT/node_modules/.bin/deno"
 
+# The docs pages are rendered in Debian's Chromium (headless, no network) by a Deno test.
+if ! command -v chromium >/dev/null; then
+  echo "[test] installing chromium for the docs rendering test" >&2
+  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; } >/dev/null ||
+    echo "[test] could not install chromium; the docs rendering test will fail" >&2
+fi
+
 # Tests assert exact charges against the simulator, never against a real upstream.
 STACK_UPSTREAM=simulator bash scripts/stack.sh start >/dev/null || { echo "0 passed, 1 failed"; exit 1; }
 
