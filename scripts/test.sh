@@ -43,7 +43,9 @@ if ((${#sql_tests[@]})); then
   pg_prove -h 127.0.0.1 -p 54322 -U postgres -d postgres --failures "${sql_tests[@]}" 2>&1 | tee "$out/pgtap"
   rc=${PIPESTATUS[0]}
   total=$(grep -oE 'Tests=[0-9]+' "$out/pgtap" | tail -1 | cut -d= -f2)
-  bad=$(grep -oE 'Failed [0-9]+/[0-9]+ subtests' "$out/pgtap" | awk '{split($2,a,"/"); s+=a[1]} END {print s+0}')
+  # A failing file adds its failed assertions, or 1 when it failed without any (it crashed, or ran
+  # fewer tests than planned): pg_prove's summary has one "(Wstat: … Tests: T Failed: F)" line each.
+  bad=$(grep -oE 'Tests: [0-9]+ Failed: [0-9]+\)' "$out/pgtap" | awk '{s += ($4 + 0 > 0 ? $4 + 0 : 1)} END {print s+0}')
   total=${total:-0}
   if [ "$rc" -ne 0 ] && [ "$bad" -eq 0 ]; then bad=1; failures+=("pg_prove exited $rc"); fi
   ((bad > 0)) && failures+=("pgTAP: $bad failing assertion(s)")
