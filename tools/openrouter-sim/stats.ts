@@ -29,6 +29,33 @@ export interface Received {
 
 export type Route = 'chat' | 'models' | 'generation' | 'other'
 
+/** Deepest a recorded body may nest and still be written back by JSON.stringify, with margin. */
+const MAX_RECORDED_DEPTH = 1000
+
+/** Nesting depth of a JSON value, without recursion (it may be deeper than the stack allows). */
+function depth(value: unknown): number {
+  let max = 0
+  const stack: [unknown, number][] = [[value, 1]]
+  while (stack.length) {
+    const [v, d] = stack.pop()!
+    if (v === null || typeof v !== 'object') continue
+    max = Math.max(max, d)
+    if (max > MAX_RECORDED_DEPTH) return max
+    for (const x of Object.values(v)) stack.push([x, d + 1])
+  }
+  return max
+}
+
+/**
+ * The entry, or a note in place of a body nested too deeply for JSON.stringify: one such request
+ * must not make /__sim/stats fail until 100 more have pushed it out of the ring. Checked when stats
+ * are read, so chat requests pay nothing for it.
+ */
+function writable(entry: Received): Received {
+  if (depth(entry.body) <= MAX_RECORDED_DEPTH) return entry
+  return { ...entry, body: '[not recorded: nested too deeply to serialise]' }
+}
+
 export const DEFAULT_MAX_GENERATIONS = 200_000
 const MAX_RECEIVED = 100
 
@@ -70,7 +97,7 @@ export class Stats {
   received(): Received[] {
     // Until the ring is full, #receivedNext === length and the first slice is empty.
     const r = this.#received
-    return [...r.slice(this.#receivedNext), ...r.slice(0, this.#receivedNext)]
+    return [...r.slice(this.#receivedNext), ...r.slice(0, this.#receivedNext)].map(writable)
   }
 
   reset(): void {

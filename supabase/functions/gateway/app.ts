@@ -169,9 +169,14 @@ export function buildApp() {
   app.route('/', docsRoutes)
 
   // The index is built from the routes themselves, so it never lists a route that does not exist.
-  const index = app.routes
-    .filter((r) => r.method !== 'ALL')
-    .map((r) => `${r.method} ${r.path.slice(BASE_PATH.length) || '/'}`)
+  // Each validator of a documented route is a route entry of its own: list each route once.
+  const index = [
+    ...new Set(
+      app.routes
+        .filter((r) => r.method !== 'ALL')
+        .map((r) => `${r.method} ${r.path.slice(BASE_PATH.length) || '/'}`),
+    ),
+  ]
   app.get('/', () =>
     json({
       name: 'OpenRouter gateway',

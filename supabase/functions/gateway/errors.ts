@@ -89,6 +89,19 @@ const SQLSTATE: Record<string, [ContentfulStatusCode, string]> = {
   'P0409': [409, 'idempotency_in_progress'],
 }
 
+// Values of the request that Postgres cannot take: a NUL character in a text or jsonb value (22021,
+// 22P05), an unpaired UTF-16 surrogate escape in JSON (22P02), a number out of range (22003), JSON
+// nested deeper than the server's stack allows (54001). The client's input, so a 400 — never a 500 —
+// and never Postgres's own message, which quotes the value. (Found by
+// supabase/tests/reliability/bad-input-every-route.test.ts: any string with "\u0000" was a 500.)
+const INVALID_VALUE: Record<string, string> = {
+  '22021': 'The request contains a character that cannot be stored (such as NUL)',
+  '22P05': 'The request contains a character that cannot be stored (such as NUL)',
+  '22P02': 'The request contains a value that is not valid text (such as an unpaired surrogate)',
+  '22003': 'A number in the request is out of range',
+  '54001': 'The request is nested too deeply',
+}
+
 // SQLSTATE classes and client-side codes that mean "the database is unreachable or overloaded".
 const UNAVAILABLE =
   /^(08|57P0[1-3]|53300|CONNECT_TIMEOUT|CONNECTION_|ECONN|ENOTFOUND|EAI_AGAIN|ETIMEDOUT|EPIPE)/
@@ -119,6 +132,8 @@ export function fromDbError(err: unknown): ApiError {
       headers,
     })
   }
+  const invalid = e.name === 'PostgresError' ? INVALID_VALUE[code] : undefined
+  if (invalid) return new ApiError(400, invalid, { code: 'invalid_request' })
   // Only the SQLSTATE / client code is logged: messages may quote values, and values may be keys.
   const unavailable = UNAVAILABLE.test(code)
   log('error', unavailable ? 'database unavailable' : 'unexpected database error', {

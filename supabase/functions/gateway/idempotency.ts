@@ -52,9 +52,18 @@ export async function claim(
   }
 }
 
-/** Stores the answer for replays, or (response null) releases the key so a retry runs anew. */
-export function complete(who: Caller, key: string, status: number, response: unknown | null): void {
-  inBackground(
+/**
+ * Stores the answer for replays, or (response null) releases the key so a retry runs anew. Await it
+ * before answering: a retry sent the moment the answer arrives must find it stored, not "still
+ * running" (a 409; found by supabase/tests/reliability/idempotency.test.ts). Never rejects.
+ */
+export function complete(
+  who: Caller,
+  key: string,
+  status: number,
+  response: unknown | null,
+): Promise<unknown> {
+  return inBackground(
     call('idempotency_complete', [who.keyHash, key, status, response as never]),
     'idempotency_complete',
   )

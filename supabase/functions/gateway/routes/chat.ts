@@ -71,14 +71,18 @@ chatRoutes.post('/v1/chat/completions', async (c) => {
   }
   const replay = await idempotency.claim(who, idempotencyKey, text)
   if (replay) return replay
+  let stored: Promise<unknown> | undefined
   try {
-    return await chatCompletion(who, parsed.data, {
+    const res = await chatCompletion(who, parsed.data, {
       ...opts,
-      onResult: (body) => idempotency.complete(who, idempotencyKey, 200, body),
+      onResult: (body) => stored = idempotency.complete(who, idempotencyKey, 200, body),
     })
+    // Stored before the answer goes out, so a retry after it is a replay, never a 409.
+    await stored
+    return res
   } catch (err) {
     // Nothing worth replaying: release the key so that a retry runs again.
-    idempotency.complete(who, idempotencyKey, 0, null)
+    await idempotency.complete(who, idempotencyKey, 0, null)
     throw err
   }
 })
