@@ -140,18 +140,27 @@ wait_http() {
   return 1
 }
 
+tree_hash() {
+  find "$@" -type f -print0 | sort -z | xargs -0 sha1sum | sha1sum | cut -c1-40
+}
+
+# Like the functions, the simulator is restarted only when its code changed.
 start_simulator() {
-  if pid_alive "$LOCAL/sim.pid"; then return; fi
+  local hash
+  hash=$(tree_hash "$ROOT/tools/openrouter-sim")
+  if pid_alive "$LOCAL/sim.pid" && [ "$(cat "$LOCAL/sim.hash" 2>/dev/null)" = "$hash" ]; then return; fi
+  stop_pidfile "$LOCAL/sim.pid"
   log "starting the OpenRouter simulator on 127.0.0.1:$SIM_PORT"
-  SIM_PORT=$SIM_PORT nohup "$ROOT/node_modules/.bin/deno" run --allow-net --allow-env --unstable-no-legacy-abort \
-    "$ROOT/tools/openrouter-sim/main.ts" >"$LOCAL/sim.log" 2>&1 &
+  SIM_PORT=$SIM_PORT nohup "$ROOT/node_modules/.bin/deno" run --allow-net --allow-env \
+    --unstable-no-legacy-abort "$ROOT/tools/openrouter-sim/main.ts" >"$LOCAL/sim.log" 2>&1 &
   echo $! >"$LOCAL/sim.pid"
-  wait_http "http://127.0.0.1:$SIM_PORT/api/v1/models" || { cat "$LOCAL/sim.log" >&2; die "the simulator did not start"; }
+  echo "$hash" >"$LOCAL/sim.hash"
+  wait_http "http://127.0.0.1:$SIM_PORT/api/v1/models" ||
+    { cat "$LOCAL/sim.log" >&2; die "the simulator did not start"; }
 }
 
 functions_hash() {
-  find "$ROOT/supabase/functions" "$ROOT/scripts/serve-functions.ts" "$ROOT/scripts/stack.sh" -type f -print0 | sort -z |
-    xargs -0 sha1sum | sha1sum | cut -c1-40
+  tree_hash "$ROOT/supabase/functions" "$ROOT/scripts/serve-functions.ts" "$ROOT/scripts/stack.sh"
 }
 
 start_functions() {

@@ -2,10 +2,11 @@
 # The whole test suite (README's second command; .ci/run calls it).
 #
 # Brings the local stack up with the simulated upstream, then runs, in order: pgTAP (pg_prove over
-# supabase/tests/**/*.test.sql), deno test, deno lint, deno fmt --check, deno check, supabase db lint
-# (over the schemas we own: pgTAP's own functions in `extensions` fail plpgsql_check) and supabase
-# db advisors. Every step runs even if an earlier one failed; the last line is "N passed, N failed"
-# over tests and checks together, and the exit code is non-zero on any failure.
+# supabase/tests/**/*.test.sql), deno test, a scan of the function's log for secrets, deno lint,
+# deno fmt --check, deno check, supabase db lint (over the schemas we own: pgTAP's own functions in
+# `extensions` fail plpgsql_check) and supabase db advisors. Every step runs even if an earlier one
+# failed; the last line is "N passed, N failed" over tests and checks together, and the exit code is
+# non-zero on any failure.
 set -uo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -62,6 +63,9 @@ if [ "$rc" -ne 0 ] && [ "$df" -eq 0 ]; then df=1; fi
 ((df > 0)) && failures+=("deno test: $df failing")
 passed=$((passed + dp)); failed=$((failed + df))
 
+# Everything the suite sent through the function is in its log now: no key, upstream key or prompt.
+check "function logs hold no secret" "$DENO" run -A supabase/tests/reliability/scan-logs.ts \
+  .local/functions.log
 check "deno lint" "$DENO" lint
 check "deno fmt --check" "$DENO" fmt --check
 check "deno check" "$DENO" check
