@@ -73,9 +73,9 @@ export function referrerHost(c: Context): string | null {
 }
 
 /** Authenticates nothing by itself: gathers what SQL needs to authenticate the caller. */
-export async function caller(c: Context): Promise<Caller> {
+export function caller(c: Context): Caller {
   const key = presentedKey(c)
-  return { keyHash: await hashKey(key), ip: clientIp(c), referrer: referrerHost(c) }
+  return { keyHash: hashKey(key), ip: clientIp(c), referrer: referrerHost(c) }
 }
 
 /** The leading `(p_key_hash, p_client_ip, p_referrer)` of every authenticated SQL call. */

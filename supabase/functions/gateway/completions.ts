@@ -16,13 +16,13 @@ import { ApiError } from './errors.ts'
 import type { LogFields } from './log.ts'
 import {
   begin,
+  charge,
   type Hold,
   rateLimitHeaders,
-  REPORT_WAIT_MS,
   settle,
   settleWithoutUsage,
+  type Usage,
   voidHold,
-  within,
 } from './metering.ts'
 import { appendMember, gatewayUsageJson, MeteredStream } from './sse.ts'
 import {
@@ -192,24 +192,26 @@ async function forward(
       { headers: { ...JSON_HEADERS, ...limits, ...idHeader } },
     )
   }
-  const settlement = await within(
-    settle(hold, {
-      model: typeof doc.model === 'string' ? doc.model : model,
-      promptTokens: usage.prompt_tokens ?? promptEstimate,
-      completionTokens: usage.completion_tokens ?? 0,
-      cost: typeof usage.cost === 'number' ? usage.cost : null,
-      generationId: generationId ?? (typeof doc.id === 'string' ? doc.id : null),
-      settledBy: 'usage',
-      outcome: 'success',
-      latencyMs: Date.now() - startedAt,
-    }),
-    REPORT_WAIT_MS,
-  )
-  const gatewayUsage = gatewayUsageJson(
-    settlement?.credits_charged,
-    settlement?.balance_after,
-    hold.key_prefix,
-  )
+  const settled: Usage = {
+    model: typeof doc.model === 'string' ? doc.model : model,
+    promptTokens: usage.prompt_tokens ?? promptEstimate,
+    completionTokens: usage.completion_tokens ?? 0,
+    cost: typeof usage.cost === 'number' ? usage.cost : null,
+    generationId: generationId ?? (typeof doc.id === 'string' ? doc.id : null),
+    settledBy: 'usage',
+    outcome: 'success',
+    latencyMs: Date.now() - startedAt,
+  }
+  // The response does not wait for the settle (one committed round trip): it reports the charge
+  // the settle will make, computed from the hold (the balance after it is as of admission).
+  settle(hold, settled, opts.log !== undefined)
+  const { credits, balanceAfter } = charge(hold, settled)
+  if (opts.log) {
+    opts.log.prompt_tokens = settled.promptTokens
+    opts.log.completion_tokens = settled.completionTokens
+    opts.log.credits_charged = credits
+  }
+  const gatewayUsage = gatewayUsageJson(credits, balanceAfter, hold.key_prefix)
   opts.onResult?.({ ...doc, gateway_usage: JSON.parse(gatewayUsage) })
   return new Response(appendMember(text, 'gateway_usage', gatewayUsage), {
     headers: { ...JSON_HEADERS, ...limits, ...idHeader },

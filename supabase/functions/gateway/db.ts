@@ -35,6 +35,7 @@ export type SqlFunction =
   | 'store_models_cache'
   | 'begin_request'
   | 'settle_request'
+  | 'settle_requests'
   | 'void_request'
   | 'idempotency_begin'
   | 'idempotency_complete'

@@ -1,14 +1,34 @@
-// Structured logs: one JSON line per request (and one per settlement, which may come after the
-// response). Fields are chosen, never dumped: request id, route, status, latency, account, key
-// PREFIX, model, hold, tokens, credits. Never a full key, the upstream key, a prompt or SQL text.
+// Structured logs: one JSON line per request; a non-streamed completion's line carries its tokens
+// and charge. A settlement that line could not report (streams, whose line is written with the
+// headers; settles from generation stats or our own count; repeats) gets a line of its own. Fields
+// are chosen, never dumped: request id, route, status, latency, account, key PREFIX, model, hold,
+// tokens, credits. Never a full key, the upstream key, a prompt or SQL text.
 
 import { config } from './config.ts'
 
 export type LogFields = Record<string, string | number | boolean | null | undefined>
 
+// Some fields carry client text (the model a client asked for). A client that pastes its key there by
+// mistake must not get it logged: anything key-shaped in a string field is cut to its display prefix.
+// (Found by supabase/tests/reliability: a fuzzed model name shaped like a key reached the log.)
+const KEY_SHAPED = /gw_(?:live|test|staging|dev)_[0-9A-Za-z]{28}/g
+
+function scrubbed(fields: LogFields): LogFields {
+  let out = fields
+  for (const name in fields) {
+    const value = fields[name]
+    if (typeof value !== 'string' || !value.includes('gw_')) continue
+    const safe = value.replace(KEY_SHAPED, (key) => `${key.slice(0, 12)}…`)
+    if (safe === value) continue
+    if (out === fields) out = { ...fields }
+    out[name] = safe
+  }
+  return out
+}
+
 export function log(level: 'info' | 'warn' | 'error', msg: string, fields: LogFields = {}): void {
   if (level === 'info' && !config.logRequests) return
-  const line = JSON.stringify({ ts: new Date().toISOString(), level, msg, ...fields })
+  const line = JSON.stringify({ ts: new Date().toISOString(), level, msg, ...scrubbed(fields) })
   if (level === 'error') console.error(line)
   else console.log(line)
 }

@@ -1,7 +1,8 @@
 // A streamed chat completion, metered on its way through. OpenRouter's SSE events are forwarded as
 // they arrive (one complete event at a time; keep-alive comments too), except two that are held
 // back: the usage chunk (`choices: []`, `usage`) and `data: [DONE]`. When upstream ends, the hold is
-// settled from that usage and the usage chunk goes out with `gateway_usage` added, then [DONE].
+// settled from that usage (in background) and the usage chunk goes out at once with `gateway_usage`
+// added (the charge that settle makes, computed from the hold: metering.ts `charge`), then [DONE].
 //
 // The stream is pull-based (highWaterMark 0): upstream is read only as fast as the client reads.
 // If the client goes away, `cancel` aborts upstream (stops spending) and settles in background from
@@ -10,12 +11,12 @@
 // and is settled the same way. Exactly one settle or none is started per stream (`#finished`).
 
 import {
+  charge,
   type Hold,
   type Outcome,
-  REPORT_WAIT_MS,
   settle,
   settleWithoutUsage,
-  within,
+  type Usage,
 } from './metering.ts'
 import type { UpstreamCall } from './upstream.ts'
 
@@ -101,7 +102,7 @@ export class MeteredStream {
       let out: string
       try {
         read = await this.#read()
-        if (read.done) return await this.#end(c)
+        if (read.done) return this.#end(c)
         out = this.#feed(this.#decoder.decode(read.value, { stream: true }))
       } catch (err) {
         return this.#fail(c, err)
@@ -214,7 +215,7 @@ export class MeteredStream {
   }
 
   /** Upstream finished: settle from its usage, then send the usage chunk and [DONE]. */
-  async #end(c: ReadableStreamDefaultController<Uint8Array>): Promise<void> {
+  #end(c: ReadableStreamDefaultController<Uint8Array>): void {
     if (this.#finished) return
     // A last event without its terminating blank line still counts.
     let tail = ''
@@ -235,24 +236,20 @@ export class MeteredStream {
       this.#close(c, tail + (this.#sawError ? '' : DONE))
       return
     }
-    const settlement = await within(
-      settle(this.#meta.hold, {
-        model: this.#billedModel(),
-        promptTokens: usage.prompt_tokens ?? this.#meta.promptEstimate,
-        completionTokens: usage.completion_tokens ?? this.#contentChunks,
-        cost: typeof usage.cost === 'number' ? usage.cost : null,
-        generationId: this.#generationId,
-        settledBy: 'usage',
-        outcome: this.#sawError ? 'upstream_error' : 'success',
-        latencyMs: this.#elapsed(),
-      }),
-      REPORT_WAIT_MS,
-    )
-    const gatewayUsage = gatewayUsageJson(
-      settlement?.credits_charged,
-      settlement?.balance_after,
-      this.#meta.hold.key_prefix,
-    )
+    const settled: Usage = {
+      model: this.#billedModel(),
+      promptTokens: usage.prompt_tokens ?? this.#meta.promptEstimate,
+      completionTokens: usage.completion_tokens ?? this.#contentChunks,
+      cost: typeof usage.cost === 'number' ? usage.cost : null,
+      generationId: this.#generationId,
+      settledBy: 'usage',
+      outcome: this.#sawError ? 'upstream_error' : 'success',
+      latencyMs: this.#elapsed(),
+    }
+    // The usage chunk does not wait for the settle: it reports the charge the settle will make.
+    settle(this.#meta.hold, settled)
+    const { credits, balanceAfter } = charge(this.#meta.hold, settled)
+    const gatewayUsage = gatewayUsageJson(credits, balanceAfter, this.#meta.hold.key_prefix)
     this.#close(
       c,
       `${tail}data: ${appendMember(this.#usageData, 'gateway_usage', gatewayUsage)}\n\n${DONE}`,

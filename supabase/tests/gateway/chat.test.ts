@@ -44,8 +44,9 @@ test("non-stream: OpenRouter's JSON plus gateway_usage; the balance drops by exa
     user_balance_after: 1000 - tokens,
     user_api_key: `${a.key.slice(0, 12)}…`,
   })
-  assert.deepEqual(await balance(a.userId), { balance: 1000 - tokens, held: 0 })
+  // The settle runs after the response: wait for it to land, then the books must match exactly.
   const u = await settled(a.userId)
+  assert.deepEqual(await balance(a.userId), { balance: 1000 - tokens, held: 0 })
   assert.equal(u.settled_by, 'usage')
   assert.equal(u.generation_id, id)
   assert.equal(u.credits_charged, tokens)
@@ -75,8 +76,9 @@ test('stream: chunks pass through; the usage chunk carries gateway_usage, then [
   // Only the last chunk has gateway_usage; the keep-alive comment came through too.
   assert.equal(chunks.filter((c) => c.gateway_usage).length, 1)
   assert.match(res.text, /^: OPENROUTER PROCESSING/)
-  assert.deepEqual(await balance(a.userId), { balance: 1000 - tokens, held: 0 })
+  // The settle runs after the usage chunk: wait for it to land, then the books must match exactly.
   assert.equal((await settled(a.userId)).settled_by, 'usage')
+  assert.deepEqual(await balance(a.userId), { balance: 1000 - tokens, held: 0 })
 })
 
 test("upstream gets the operator key and app attribution, never the client's key", async () => {
@@ -197,7 +199,7 @@ test('bad bodies are 400 with the offending field in error.param', async () => {
 const FUNCTIONS_LOG = Deno.env.get('FUNCTIONS_LOG') ??
   new URL('../../../.local/functions.log', import.meta.url).pathname
 
-test('logs: one JSON line per request and per settlement; no key, upstream key or prompt', async () => {
+test('logs: one JSON line per request, with its tokens and charge; no key, upstream key or prompt', async () => {
   const exists = await Deno.stat(FUNCTIONS_LOG).then(() => true, () => false)
   if (!exists) return console.warn(`skipped: no function log at ${FUNCTIONS_LOG}`)
   const a = await newAccount(1000)
@@ -216,8 +218,18 @@ test('logs: one JSON line per request and per settlement; no key, upstream key o
   assert.equal(mine[0].route, '/gateway/v1/chat/completions')
   assert.equal(mine[0].user_id, a.userId)
   assert.equal(mine[0].key_prefix, `${a.key.slice(0, 12)}…`)
+  // The settlement is part of the request's line (the response reports it without waiting for the
+  // settle), so a non-streamed request writes no second line; the charge is what was recorded.
+  const u = await settled(a.userId)
+  assert.equal(typeof mine[0].model, 'string')
+  assert.equal(mine[0].prompt_tokens, u.prompt_tokens)
+  assert.equal(mine[0].completion_tokens, u.completion_tokens)
+  assert.equal(mine[0].credits_charged, u.credits_charged)
+  assert.equal(mine[0].credits_charged, res.json.gateway_usage.tokens_charged)
+  assert.equal(typeof mine[0].latency_ms, 'number')
   assert.ok(
-    lines.some((l) => l.includes('"settled"') && l.includes(`"hold_id":${mine[0].hold_id}`)),
+    !lines.some((l) => l.includes('"settled"') && l.includes(`"hold_id":${mine[0].hold_id}`)),
+    'a second line for the settlement',
   )
   const text = lines.join('\n')
   assert.ok(!text.includes(a.key), 'a full key was logged')

@@ -1,0 +1,76 @@
+-- The request path after 20261125135251/20261125135326: begin_request returns what the charge is
+-- computed from (the function reports it before settling), credits_for is settle_request's one
+-- definition of the charge, and settle_requests settles a batch with settle_request's semantics.
+begin;
+\ir _helpers.sql
+select plan(17);
+
+select tests.new_account(100000) as a \gset
+select tests.new_account(100000) as b \gset
+select from gateway.set_model_pricing('test/priced', 0.1, 2.675);
+
+-- begin_request: the multipliers, exact -------------------------------------------------------------
+select tests.begin(:'a'::jsonb ->> 'api_key', 10, 3, now(), null, null, 'test/priced') as h1 \gset
+select is(array[:'h1'::jsonb ->> 'prompt_multiplier', :'h1'::jsonb ->> 'completion_multiplier'],
+          array['0.1', '2.675'], 'begin_request returns the hold''s multipliers as exact decimal text');
+select is((:'h1'::jsonb ->> 'balance')::bigint, 100000::bigint, 'and the balance it admitted on');
+
+-- credits_for ---------------------------------------------------------------------------------------
+select is(gateway.credits_for(3, 7, 0.1, 0.1), 1::bigint, 'credits_for is exact: 3 × 0.1 + 7 × 0.1 = 1');
+select is(gateway.credits_for(1, 1, 0.1, 2.675), 3::bigint, 'and rounds up: 0.1 + 2.675 → 3');
+select is(gateway.credits_for(0, 0, 0, 1), 0::bigint, 'no tokens, no credits');
+select ok(
+  (select bool_and(gateway.credits_for(p, c, pm, cm) = ceil(p * pm + c * cm))
+     from (select (random() * 1e6)::bigint p, (random() * 1e6)::bigint c,
+                  round((random() * 20)::numeric, 6) pm, round((random() * 20)::numeric, 6) cm
+             from generate_series(1, 2000)) r),
+  'credits_for = ceil(prompt × pm + completion × cm) over 2000 random inputs');
+select is((tests.settle(:'h1', 3, 7) ->> 'credits_charged')::bigint,
+          gateway.credits_for(3, 7, 0.1, 2.675),
+          'settle_request charges credits_for of the hold''s multipliers');
+select ok(not has_function_privilege('gateway_api', 'gateway.credits_for(bigint, bigint, numeric, numeric)',
+                                     'execute'), 'credits_for is internal (not for gateway_api)');
+
+-- settle_requests ------------------------------------------------------------------------------------
+select tests.begin(:'a'::jsonb ->> 'api_key', 50, 0) as a1 \gset
+select tests.begin(:'b'::jsonb ->> 'api_key', 50, 0) as b1 \gset
+select tests.begin(:'a'::jsonb ->> 'api_key', 50, 0) as a2 \gset
+select tests.balance(:'a') as a_before \gset
+select tests.balance(:'b') as b_before \gset
+
+select gateway.settle_requests(jsonb_build_array(
+  jsonb_build_object('hold_id', (:'b1'::jsonb ->> 'hold_id')::bigint, 'prompt_tokens', 5,
+                     'completion_tokens', 6, 'status', 'success', 'settled_by', 'usage',
+                     'generation_id', 'gen-b1', 'latency_ms', 12, 'upstream_cost', 0.5),
+  jsonb_build_object('hold_id', (:'a1'::jsonb ->> 'hold_id')::bigint, 'prompt_tokens', 1,
+                     'completion_tokens', 2, 'settled_by', 'usage'),
+  jsonb_build_object('hold_id', (:'a1'::jsonb ->> 'hold_id')::bigint, 'prompt_tokens', 1,
+                     'completion_tokens', 2, 'settled_by', 'usage'),
+  jsonb_build_object('hold_id', -1, 'prompt_tokens', 1, 'completion_tokens', 1, 'settled_by', 'usage'),
+  jsonb_build_object('hold_id', (:'a2'::jsonb ->> 'hold_id')::bigint, 'prompt_tokens', 100,
+                     'completion_tokens', 0, 'model', 'openai/other', 'settled_by', 'generation')
+)) as r \gset
+
+select is(jsonb_array_length(:'r'::jsonb), 5, 'one result per element, in the order given');
+select is(array(select e ->> 'credits_charged' from jsonb_array_elements(:'r'::jsonb) e),
+          array['11', '3', null, null, '100'], 'each element charged as settle_request would');
+select is(array(select coalesce(e ->> 'reason', 'settled') from jsonb_array_elements(:'r'::jsonb) e),
+          array['settled', 'settled', 'already_settled', 'unknown_hold', 'settled'],
+          'a repeat in the same batch is already_settled, an unknown hold unknown_hold');
+select is(tests.balance(:'a'), (:a_before - 103)::bigint, 'account a charged 3 + 100, once');
+select is(tests.balance(:'b'), (:b_before - 11)::bigint, 'account b charged 11');
+select is(tests.held(:'a') + tests.held(:'b'), 0::bigint, 'nothing left held');
+select is(
+  (select row(model, prompt_tokens, completion_tokens, credits_charged, status, settled_by, latency_ms,
+              generation_id, upstream_cost)::text
+     from gateway.usage_records where hold_id = (:'b1'::jsonb ->> 'hold_id')::bigint),
+  row('test/model', 5, 6, 11::bigint, 'success', 'usage', 12, 'gen-b1', 0.5)::text,
+  'the usage record has every field of the element');
+select is(tests.error_of($$select gateway.settle_requests(jsonb_build_array(
+            jsonb_build_object('hold_id', $$ || (:'b1'::jsonb ->> 'hold_id') || $$, 'settled_by', 'usage'),
+            jsonb_build_object('hold_id', 1, 'settled_by', 'guess')))$$),
+          '22023:invalid_request', 'an invalid element aborts the whole batch (the caller retries alone)');
+select ok(tests.ledger_ok(), 'every ledger still sums to its balance');
+
+select * from finish();
+rollback;
