@@ -181,13 +181,20 @@ const ENCODER = new TextEncoder()
 const PROCESSING = ENCODER.encode(': OPENROUTER PROCESSING\n\n')
 const SSE_HEADERS = { 'content-type': 'text/event-stream', 'cache-control': 'no-cache' }
 
+// A cut body errors only after this pause. OpenRouter's cuts come mid-body, after the headers and the
+// first bytes reached the client; erroring at once let Deno's server drop the connection before it
+// had flushed the headers, now and then, so the client saw no response at all while a generation was
+// recorded (1 request in 10,000 of the soak, scripts/soak.sh).
+const CUT_DELAY_MS = 20
+
 /** A body that sends `bytes` and then fails, which aborts the HTTP connection mid-body. */
 function cutAfter(bytes: Uint8Array): ReadableStream<Uint8Array> {
   return new ReadableStream({
     start(c) {
       c.enqueue(bytes)
     },
-    pull(c) {
+    async pull(c) {
+      await sleep(CUT_DELAY_MS)
       c.error(new StreamCut())
     },
   })
@@ -228,6 +235,8 @@ function streamResponse(g: Generation, plan: Plan): Response {
           ))
           return c.close()
         case 'stream-cut':
+          await sleep(CUT_DELAY_MS, cancel.signal)
+          if (cancel.signal.aborted) return
           end(g, plan, 'error')
           return c.error(new StreamCut())
         case 'malformed':
