@@ -13,7 +13,12 @@ set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"
 
-command -v wrk >/dev/null || { echo "bench: wrk is not installed (apt-get install wrk)" >&2; exit 1; }
+# The load generator is Debian's wrk: installed here, like everything else the commands need.
+if ! command -v wrk >/dev/null; then
+  echo "bench: installing wrk" >&2
+  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk; } >/dev/null ||
+    { echo "bench: could not install wrk (apt-get install wrk)" >&2; exit 1; }
+fi
 
 # BENCH_STACK=0 skips this (while migrations are being written, pushing them half-done would
 # record them as applied).
