@@ -7,13 +7,13 @@
 #   scripts/stack.sh stop     stop the functions, the simulator and Postgres
 #   scripts/stack.sh reset    drop the database cluster, recreate it, re-apply migrations and seed
 #   scripts/stack.sh status   what runs, and where
+#   scripts/stack.sh pgdata   the cluster's data directory (for tests that restart Postgres)
 #
 # Every step is idempotent: a second `start` only restarts the functions if their code changed.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 LOCAL="$ROOT/.local"
-PGDATA="$LOCAL/pg"
 PGBIN=/usr/lib/postgresql/15/bin
 PGPORT=54322
 FN_PORT=54321
@@ -35,24 +35,35 @@ ensure_packages() {
     log "installing ${missing[*]}"
     [ "$(id -u)" = 0 ] || die "installing Debian packages needs root: apt-get install ${missing[*]}"
     apt-get update -qq
+    # (Debian's postgresql package may also create a default cluster on 5432; we run our own.)
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
   fi
-  # Debian's postgresql package creates and starts a default cluster on 5432; we run our own.
   if [ ! -d "$ROOT/node_modules/.bin" ] || [ "$ROOT/package-lock.json" -nt "$ROOT/node_modules/.package-lock.json" ]; then
     log "installing npm tools (npm ci)"
     (cd "$ROOT" && npm ci --no-audit --no-fund --loglevel=error >/dev/null)
   fi
 }
 
+# The cluster lives in .local/pg, unless the postgres user cannot reach the checkout (a clone under
+# /root, mode 700): then in postgres' home, one cluster per checkout. Postgres refuses to run as root.
+# Decided again after the packages are installed, since they create the postgres user.
+resolve_pgdata() {
+  PGDATA="$LOCAL/pg"
+  if [ ! -d "$PGDATA" ] && id postgres >/dev/null 2>&1 && ! runuser -u postgres -- test -x "$ROOT"; then
+    PGDATA="/var/lib/postgresql/openrouter-gateway-$(printf %s "$ROOT" | sha1sum | cut -c1-12)"
+  fi
+}
+resolve_pgdata
+
 pg_running() { [ -f "$PGDATA/postmaster.pid" ] && as_postgres "$PGBIN/pg_ctl" -D "$PGDATA" status >/dev/null 2>&1; }
 
 init_cluster() {
   [ -f "$PGDATA/PG_VERSION" ] && return
-  log "creating a Postgres 15 cluster in .local/pg"
-  mkdir -p "$LOCAL"
-  chown postgres "$LOCAL"
-  local pwfile="$LOCAL/.pw"
-  echo postgres >"$pwfile" && chown postgres "$pwfile"
+  log "creating a Postgres 15 cluster in ${PGDATA#"$ROOT/"}"
+  mkdir -p "$LOCAL" "$(dirname "$PGDATA")"
+  chown postgres "$(dirname "$PGDATA")"
+  local pwfile
+  pwfile=$(mktemp) && echo postgres >"$pwfile" && chown postgres "$pwfile"
   as_postgres "$PGBIN/initdb" -D "$PGDATA" -U postgres --pwfile="$pwfile" --auth-local=trust \
     --auth-host=scram-sha-256 --encoding=UTF8 --locale=C.UTF-8 >/dev/null
   rm -f "$pwfile"
@@ -221,6 +232,7 @@ EOF
 
 cmd_start() {
   ensure_packages
+  resolve_pgdata
   init_cluster
   write_pg_settings
   start_postgres
@@ -257,5 +269,6 @@ case "${1:-start}" in
   stop) cmd_stop ;;
   reset) cmd_reset ;;
   status) cmd_status ;;
-  *) die "usage: scripts/stack.sh [start|stop|reset|status]" ;;
+  pgdata) echo "$PGDATA" ;;
+  *) die "usage: scripts/stack.sh [start|stop|reset|status|pgdata]" ;;
 esac

@@ -15,6 +15,7 @@ export DB_URL="postgresql://postgres:postgres@127.0.0.1:54322/postgres"
 export GATEWAY_URL="http://127.0.0.1:54321/functions/v1/gateway"
 export SIM_URL="http://127.0.0.1:54340"
 export PGPASSWORD=postgres
+export PGDATA=$(bash scripts/stack.sh pgdata)
 DENO="$ROOT/node_modules/.bin/deno"
 
 # The docs pages are rendered in Debian's Chromium (headless, no network) by a Deno test.
