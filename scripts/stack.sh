@@ -24,7 +24,8 @@ APT_PACKAGES=(postgresql-15 postgresql-contrib postgresql-15-cron postgresql-15-
 
 log() { printf '\033[2m[stack]\033[0m %s\n' "$*" >&2; }
 die() { printf '[stack] error: %s\n' "$*" >&2; exit 1; }
-as_postgres() { runuser -u postgres -- "$@"; }
+# From /: the postgres user may not be allowed into the checkout (the cwd).
+as_postgres() { (cd / && runuser -u postgres -- "$@"); }
 
 ensure_packages() {
   local missing=()
@@ -49,7 +50,7 @@ ensure_packages() {
 # Decided again after the packages are installed, since they create the postgres user.
 resolve_pgdata() {
   PGDATA="$LOCAL/pg"
-  if [ ! -d "$PGDATA" ] && id postgres >/dev/null 2>&1 && ! runuser -u postgres -- test -x "$ROOT"; then
+  if [ ! -d "$PGDATA" ] && id postgres >/dev/null 2>&1 && ! as_postgres test -x "$ROOT"; then
     PGDATA="/var/lib/postgresql/openrouter-gateway-$(printf %s "$ROOT" | sha1sum | cut -c1-12)"
   fi
 }
