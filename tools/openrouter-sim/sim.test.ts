@@ -280,13 +280,19 @@ Deno.test('chat validates the body, model id, suffixes and X-Sim-Fault', async (
 Deno.test('non-streamed completion: OpenRouter shape, usage and cost from the token functions', async () => {
   await withSim({}, async (sim) => {
     const body = { model: 'deepseek/deepseek-r1-0528', messages: MESSAGES }
+    const before = Math.floor(Date.now() / 1000)
     const res = await chat(sim, body)
+    const after = Math.ceil(Date.now() / 1000)
     assert.equal(res.status, 200)
     assert.equal(res.headers.get('content-type'), 'application/json')
     const doc = await res.json()
     assert.match(doc.id, /^gen-\d{10}-[a-z0-9]{20}$/)
     assert.equal(res.headers.get('x-generation-id'), doc.id)
-    assert.ok(Math.abs(doc.created - Date.now() / 1000) < 60)
+    // `created` is the request's own time (unix seconds), not a stale or made-up one.
+    assert.ok(
+      before <= doc.created && doc.created <= after,
+      `${before} ≤ ${doc.created} ≤ ${after}`,
+    )
     assert.deepEqual(doc, {
       id: doc.id,
       provider: 'DeepSeek',
@@ -442,8 +448,10 @@ Deno.test('client abort mid-stream stops generation and records it as cancelled'
 Deno.test('/generation: auth, 404 until the stats delay has passed, then the OpenRouter shape', async () => {
   await withSim({ generationDelayMs: 60_000 }, async (sim) => {
     const body = { model: 'anthropic/claude-sonnet-4~len-7', messages: MESSAGES }
+    const before = Date.now()
     const res = await chat(sim, body, { 'http-referer': 'https://app.example', 'x-title': 'App' })
     const id = (await res.json()).id
+    const after = Date.now()
     const get = (q: string, headers: HeadersInit = AUTH) =>
       fetch(`${sim.baseUrl}/generation${q}`, { headers })
 
@@ -457,7 +465,8 @@ Deno.test('/generation: auth, 404 until the stats delay has passed, then the Ope
     const prompt = promptTokens(body)
     const cost = costUsd(body.model, prompt, 7)
     assert.ok(doc.data.latency >= 0 && doc.data.generation_time >= doc.data.latency - 1)
-    assert.ok(Math.abs(Date.parse(doc.data.created_at) - Date.now()) < 60_000)
+    const createdAt = Date.parse(doc.data.created_at)
+    assert.ok(before <= createdAt && createdAt <= after, doc.data.created_at)
     assert.deepEqual(doc, {
       data: {
         id,
