@@ -95,7 +95,16 @@ export interface ApiOptions {
 }
 
 /** One request to the gateway; the body is read whole. */
-export async function api(path: string, opts: ApiOptions = {}): Promise<ApiResponse> {
+export function api(path: string, opts: ApiOptions = {}): Promise<ApiResponse> {
+  return call(GATEWAY_URL, path, opts)
+}
+
+/** One request to a gateway at any base URL (a test's own functions server, say). */
+export async function call(
+  base: string,
+  path: string,
+  opts: ApiOptions = {},
+): Promise<ApiResponse> {
   const headers: Record<string, string> = { ...opts.headers }
   if (opts.key) headers.authorization = `Bearer ${opts.key}`
   let body: string | undefined
@@ -103,7 +112,7 @@ export async function api(path: string, opts: ApiOptions = {}): Promise<ApiRespo
     body = typeof opts.body === 'string' ? opts.body : JSON.stringify(opts.body)
     headers['content-type'] ??= 'application/json'
   }
-  const res = await fetch(`${GATEWAY_URL}${path}`, {
+  const res = await fetch(`${base}${path}`, {
     method: opts.method ?? (body === undefined ? 'GET' : 'POST'),
     headers,
     body,
