@@ -3,7 +3,7 @@
 -- definition of the charge, and settle_requests settles a batch with settle_request's semantics.
 begin;
 \ir _helpers.sql
-select plan(17);
+select plan(18);
 
 select tests.new_account(100000) as a \gset
 select tests.new_account(100000) as b \gset
@@ -70,6 +70,20 @@ select is(tests.error_of($$select gateway.settle_requests(jsonb_build_array(
             jsonb_build_object('hold_id', $$ || (:'b1'::jsonb ->> 'hold_id') || $$, 'settled_by', 'usage'),
             jsonb_build_object('hold_id', 1, 'settled_by', 'guess')))$$),
           '22023:invalid_request', 'an invalid element aborts the whole batch (the caller retries alone)');
+
+-- 20261125152312: within an account, the settles that count tokens go first (their counter row is
+-- locked before the balance row, as admission locks them), the zero-token ones after.
+select tests.begin(:'b'::jsonb ->> 'api_key', 50, 0) as z1 \gset
+select tests.begin(:'b'::jsonb ->> 'api_key', 50, 0) as z2 \gset
+select tests.balance(:'b') as b_before \gset
+select gateway.settle_requests(jsonb_build_array(
+  jsonb_build_object('hold_id', (:'z1'::jsonb ->> 'hold_id')::bigint, 'prompt_tokens', 0,
+                     'completion_tokens', 0, 'settled_by', 'usage'),
+  jsonb_build_object('hold_id', (:'z2'::jsonb ->> 'hold_id')::bigint, 'prompt_tokens', 2,
+                     'completion_tokens', 3, 'settled_by', 'usage'))) as z \gset
+select is(array(select (e ->> 'balance_after')::bigint from jsonb_array_elements(:'z'::jsonb) e),
+          array[:b_before - 5, :b_before - 5]::bigint[],
+          'a zero-token settle is made after the account''s settles with tokens (answered as given)');
 select ok(tests.ledger_ok(), 'every ledger still sums to its balance');
 
 select * from finish();
