@@ -49,8 +49,8 @@ select set_eq(
         'update_profile', 'delete_account', 'create_key', 'list_keys', 'update_key', 'rotate_key',
         'delete_key', 'key_usage', 'admin_add_credits', 'admin_balances', 'admin_monitor',
         'admin_set_limits', 'admin_authorize', 'models_cache', 'store_models_cache',
-        'begin_request', 'settle_request', 'settle_requests', 'void_request', 'idempotency_begin',
-        'idempotency_complete'],
+        'begin_request', 'begin_requests', 'settle_request', 'settle_requests', 'void_request',
+        'idempotency_begin', 'idempotency_complete'],
   'gateway_api executes exactly the API functions of docs/SQL-API.md'
 );
 

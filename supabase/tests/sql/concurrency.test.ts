@@ -5,6 +5,8 @@
 //   - the balance never goes negative, and the ledger sums to it,
 //   - the number admitted is exactly what the balance allows,
 //   - a request limit admits exactly its limit, and refused requests are never counted.
+// And batches (begin_requests, settle_requests) over many accounts at once: no deadlock whatever the
+// order of their elements, with the same exact counts.
 //
 //   DB_URL  Postgres as postgres (default postgresql://postgres:postgres@127.0.0.1:54322/postgres)
 
@@ -235,6 +237,167 @@ test('500 concurrent requests against a 37/minute limit admit exactly 37 and cou
     assert.deepEqual(remaining, Array.from({ length: 37 }, (_, i) => i))
     await Promise.all(admitted.map((r) => settle(api, r.hold_id as number, 1)))
     await op`select gateway.erase_account(${account.userId})`
+  } finally {
+    await api.end()
+    await op.end()
+  }
+})
+
+/** Fisher–Yates, in place. */
+function shuffle<T>(items: T[]): T[] {
+  for (let i = items.length - 1; i > 0; i--) {
+    const j = Math.floor(Math.random() * (i + 1))
+    ;[items[i], items[j]] = [items[j], items[i]]
+  }
+  return items
+}
+
+/** The SQLSTATE of a failed call (40P01 = deadlock), or its message. */
+function sqlState(err: unknown): string {
+  const e = err as { code?: string; message?: string }
+  return `${e.code ?? '?'} ${e.message ?? String(err)}`
+}
+
+test('100 concurrent begin_requests batches across 12 accounts, settled by concurrent settle_requests batches: no deadlock, exact admissions', async () => {
+  const op = operator()
+  const api = gatewayPool(20)
+  try {
+    const ACCOUNTS = 12
+    const BATCHES = 100
+    const COST = 10 // max_tokens 10, no prompt: a hold of 10 credits, settled in full
+    // Each batch: 8 distinct accounts plus 2 more of them, shuffled; every 4th also an unknown key.
+    const plan = Array.from({ length: BATCHES }, (_, b) => {
+      const picked = shuffle(Array.from({ length: ACCOUNTS }, (_, i) => i)).slice(0, 8)
+      const items: (number | null)[] = shuffle([...picked, picked[0], picked[1]])
+      if (b % 4 === 0) items.splice(Math.floor(Math.random() * items.length), 0, null)
+      return items
+    })
+    const demand = Array.from(
+      { length: ACCOUNTS },
+      (_, i) => plan.flat().filter((a) => a === i).length,
+    )
+    // A third of the accounts run out of credits, a third hit a per-minute request limit, both at
+    // 60% of what is asked of them; the rest admit everything.
+    const kind = (i: number) => (['credits', 'limit', 'free'] as const)[i % 3]
+    const cap = demand.map((d, i) => kind(i) === 'free' ? d : Math.floor(d * 0.6))
+    const START = 1_000_000
+    const accounts = await Promise.all(demand.map((_, i) => {
+      if (kind(i) === 'credits') return newAccount(op, cap[i] * COST)
+      if (kind(i) === 'limit') return newAccount(op, START, { requests_per_minute: cap[i] })
+      return newAccount(op, START)
+    }))
+    const unknownHash = await sha256Hex(`gw_test_unknown_${crypto.randomUUID()}`)
+    // One fixed instant for every call, begins and settles: the run may cross a real minute boundary.
+    const [{ now }] = await op`
+      select (date_trunc('minute', now()) + interval '30 seconds')::text as now`
+    await Promise.all(Array.from({ length: 20 }, () => api`select 1`))
+
+    const errors: string[] = []
+    const outcomes = accounts.map(() => new Map<string, number>())
+    const pending: { holdId: number; account: number }[] = []
+    const charged = accounts.map(() => 0)
+    let begun = false
+
+    const beginBatch = async (items: (number | null)[]) => {
+      const batch = items.map((i) => ({
+        key_hash: i === null ? unknownHash : accounts[i].keyHashHex,
+        client_ip: null,
+        referrer: null,
+        model: 'test/concurrency',
+        max_tokens: COST,
+        prompt_tokens: 0,
+      }))
+      const [{ r }] = await api`
+        select gateway.begin_requests(${api.json(batch)}, ${now}::timestamptz) as r`
+      const results = r as Json[]
+      assert.equal(results.length, items.length)
+      results.forEach((res, k) => {
+        const i = items[k]
+        if (i === null) {
+          assert.equal(res.reason, 'invalid_api_key')
+          return
+        }
+        const outcome = res.ok ? 'admitted' : String(res.reason)
+        outcomes[i].set(outcome, (outcomes[i].get(outcome) ?? 0) + 1)
+        if (!res.ok) return
+        assert.equal(res.user_id, accounts[i].userId, 'results come back in the order given')
+        assert.equal(res.held_credits, COST)
+        assert.ok((res.available_credits as number) >= 0)
+        pending.push({ holdId: res.hold_id as number, account: i })
+      })
+    }
+
+    // Settlers: while admissions go on, settle up to 16 pending holds at a time, in random order.
+    // Half the settles of the accounts that do not run out of credits count no token (so lock no
+    // counter row, only the balance): what they are charged does not change what they admit.
+    const settler = async () => {
+      while (!begun || pending.length > 0) {
+        if (pending.length === 0) {
+          await pause(1)
+          continue
+        }
+        shuffle(pending)
+        const holds = pending.splice(0, 16)
+        const [{ r }] = await api`
+          select gateway.settle_requests(${
+          api.json(holds.map((h) => ({
+            hold_id: h.holdId,
+            model: 'test/concurrency',
+            prompt_tokens: 0,
+            completion_tokens: kind(h.account) !== 'credits' && Math.random() < 0.5 ? 0 : COST,
+            status: 'success',
+            settled_by: 'usage',
+          })))
+        }, ${now}::timestamptz) as r`
+        ;(r as Json[]).forEach((s, k) => {
+          assert.equal(s.settled, true)
+          charged[holds[k].account] += s.credits_charged as number
+        })
+      }
+    }
+
+    const catching = (p: Promise<unknown>) => p.catch((err) => void errors.push(sqlState(err)))
+    // 12 admitters take the batches one after another, 8 settlers settle meanwhile: 20 connections.
+    const queue = [...plan]
+    const admitter = async () => {
+      for (let items = queue.shift(); items; items = queue.shift()) {
+        await beginBatch(items)
+        await pause(Math.random() * 3)
+      }
+    }
+    const settlers = Array.from({ length: 8 }, () => catching(settler()))
+    await Promise.all(Array.from({ length: 12 }, () => catching(admitter())))
+    begun = true
+    await Promise.all(settlers)
+
+    assert.deepEqual(errors, [], 'no call failed (in particular no deadlock, 40P01)')
+    const admitted = outcomes.map((o) => o.get('admitted') ?? 0)
+    assert.deepEqual(admitted, cap, 'each account admits exactly what its credits or limit allow')
+    outcomes.forEach((o, i) => {
+      const refused = { credits: 'insufficient_credits', limit: 'rate_limited', free: '' }[kind(i)]
+      assert.deepEqual(
+        Object.fromEntries(o),
+        kind(i) === 'free'
+          ? { admitted: demand[i] }
+          : { admitted: cap[i], [refused]: demand[i] - cap[i] },
+      )
+    })
+    for (const [i, a] of accounts.entries()) {
+      const start = kind(i) === 'credits' ? cap[i] * COST : START
+      if (kind(i) === 'credits') assert.equal(charged[i], start, 'credits run out exactly')
+      assert.ok(start - charged[i] >= 0)
+      assert.deepEqual(await finalState(op, a.userId), {
+        balance: start - charged[i],
+        held: 0,
+        ledgerSum: start - charged[i],
+        openHolds: 0,
+        usageRecords: cap[i],
+      })
+      const [{ usage }] =
+        await op`select gateway.window_usage('account', ${a.userId}, ${now}) as usage`
+      assert.equal(usage.requests_this_minute, cap[i], 'refused admissions are not counted')
+    }
+    await Promise.all(accounts.map((a) => op`select gateway.erase_account(${a.userId})`))
   } finally {
     await api.end()
     await op.end()
