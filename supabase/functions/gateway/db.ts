@@ -34,6 +34,7 @@ export type SqlFunction =
   | 'models_cache'
   | 'store_models_cache'
   | 'begin_request'
+  | 'begin_requests'
   | 'settle_request'
   | 'settle_requests'
   | 'void_request'

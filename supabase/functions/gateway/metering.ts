@@ -4,6 +4,8 @@
 // per hold, so a duplicate attempt changes nothing; this module makes sure one attempt happens even
 // when the client is gone or the isolate is about to be recycled (every settle runs in background).
 //
+// Under load admissions and settles are each batched into one call (below).
+//
 // How a settle knows what was generated (`settled_by`):
 //   usage         upstream's usage object (the normal case, stream or not)
 //   generation    OpenRouter's /generation stats for the X-Generation-Id (after a disconnect or a
@@ -12,10 +14,11 @@
 
 import type { Caller } from './auth.ts'
 import { callerArgs } from './auth.ts'
+import { toHex } from '../_shared/keys.ts'
 import { describe, inBackground } from './background.ts'
 import { config } from './config.ts'
 import { creditsFor } from './credits.ts'
-import { call } from './db.ts'
+import { call, type SqlArg } from './db.ts'
 import { ApiError } from './errors.ts'
 import { log } from './log.ts'
 import { generationStats } from './upstream.ts'
@@ -82,6 +85,69 @@ export function rateLimitHeaders(limits: Limits | undefined): Record<string, str
   return headers
 }
 
+type BeginResult = ({ ok: true } & Hold) | Refusal
+
+// Admissions are batched like settles (below), by the rhythm of the database rather than a timer:
+// while fewer than MAX_BEGIN_CALLS admission calls are in flight a request goes at once, alone
+// (`begin_request`); those that arrive meanwhile queue and go together in the next call
+// (`begin_requests`: one round trip, one transaction, one commit for all of them, each admitted
+// by begin_request itself). At concurrency 1 nothing queues and nothing waits. Two calls in flight,
+// not one, so that a batch fills while the other is at the database instead of waiting for it.
+interface QueuedBegin {
+  who: Caller
+  model: string
+  maxTokens: number | null
+  promptTokens: number
+  resolve: (r: BeginResult) => void
+  reject: (err: unknown) => void
+}
+const beginQueue: QueuedBegin[] = []
+let beginCalls = 0
+const MAX_BEGIN_CALLS = 2
+// A bound on one transaction: every account it admits stays locked until it commits.
+const MAX_BEGIN_BATCH = 64
+
+function flushBegins(): void {
+  while (beginCalls < MAX_BEGIN_CALLS && beginQueue.length > 0) {
+    beginCalls++
+    sendBegins(beginQueue.splice(0, MAX_BEGIN_BATCH)).finally(() => {
+      beginCalls--
+      flushBegins()
+    })
+  }
+}
+
+function beginArgs(q: QueuedBegin): SqlArg[] {
+  return [...callerArgs(q.who), q.model, q.maxTokens, q.promptTokens]
+}
+
+async function sendBegins(batch: QueuedBegin[]): Promise<void> {
+  try {
+    const results = batch.length === 1
+      ? [await call<BeginResult>('begin_request', beginArgs(batch[0]))]
+      : await call<BeginResult[]>('begin_requests', [
+        batch.map((q) => ({
+          key_hash: toHex(q.who.keyHash),
+          client_ip: q.who.ip,
+          referrer: q.who.referrer,
+          model: q.model,
+          max_tokens: q.maxTokens,
+          prompt_tokens: q.promptTokens,
+        })),
+      ])
+    batch.forEach((q, i) => q.resolve(results[i]))
+  } catch (err) {
+    const unreachable = err instanceof ApiError && err.status === 503
+    if (batch.length === 1 || unreachable) {
+      for (const q of batch) q.reject(err)
+      return
+    }
+    // An element SQL refuses to process (not a refusal: an error, e.g. an invalid argument) aborts
+    // its whole batch, admitting nothing: admit each alone, so that only that one fails.
+    await Promise.all(batch.map((q) => sendBegins([q])))
+  }
+}
+
 /** Admits the request and holds credits for it, or throws the refusal as a 401/402/403/429. */
 export async function begin(
   who: Caller,
@@ -89,12 +155,10 @@ export async function begin(
   maxTokens: number | null,
   promptTokens: number,
 ): Promise<Hold> {
-  const r = await call<({ ok: true } & Hold) | Refusal>('begin_request', [
-    ...callerArgs(who),
-    model,
-    maxTokens,
-    promptTokens,
-  ])
+  const r = await new Promise<BeginResult>((resolve, reject) => {
+    beginQueue.push({ who, model, maxTokens, promptTokens, resolve, reject })
+    flushBegins()
+  })
   if (r.ok) return r
   const status = REFUSAL_STATUS[r.reason] ?? 403
   const headers = rateLimitHeaders(r.limits)
