@@ -94,13 +94,26 @@ function params(args: SqlArg[]): unknown[] {
   )
 }
 
+// A transaction Postgres rolled back to break a deadlock (40P01) or a serialization conflict (40001)
+// changed nothing, and every call here is one statement in its own transaction: running it again is
+// always safe. Batches lock accounts in one order, so this is for the rare cycle with a transaction
+// that does not (the hold sweeper, an operator's psql session).
+const ROLLED_BACK = new Set(['40P01', '40001'])
+const ATTEMPTS = 3
+
 async function run(fn: SqlFunction, args: SqlArg[], asText: boolean): Promise<unknown> {
-  try {
-    // deno-lint-ignore no-explicit-any -- postgres.js types parameters loosely
-    const rows = await sql().unsafe(statement(fn, args.length, asText), params(args) as any[])
-    return rows[0]?.r ?? null
-  } catch (err) {
-    throw fromDbError(err)
+  const text = statement(fn, args.length, asText)
+  const values = params(args)
+  for (let attempt = 1;; attempt++) {
+    try {
+      // deno-lint-ignore no-explicit-any -- postgres.js types parameters loosely
+      const rows = await sql().unsafe(text, values as any[])
+      return rows[0]?.r ?? null
+    } catch (err) {
+      const code = (err as { code?: unknown })?.code
+      if (attempt < ATTEMPTS && typeof code === 'string' && ROLLED_BACK.has(code)) continue
+      throw fromDbError(err)
+    }
   }
 }
 

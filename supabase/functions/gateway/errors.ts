@@ -102,9 +102,10 @@ const INVALID_VALUE: Record<string, string> = {
   '54001': 'The request is nested too deeply',
 }
 
-// SQLSTATE classes and client-side codes that mean "the database is unreachable or overloaded".
+// SQLSTATE classes and client-side codes that mean "the database is unreachable or overloaded" (a
+// deadlock or serialization failure that persisted through db.ts's retries counts as overloaded).
 const UNAVAILABLE =
-  /^(08|57P0[1-3]|53300|CONNECT_TIMEOUT|CONNECTION_|ECONN|ENOTFOUND|EAI_AGAIN|ETIMEDOUT|EPIPE)/
+  /^(08|57P0[1-3]|53300|40001|40P01|CONNECT_TIMEOUT|CONNECTION_|ECONN|ENOTFOUND|EAI_AGAIN|ETIMEDOUT|EPIPE)/
 
 interface PgErrorLike {
   name?: string
