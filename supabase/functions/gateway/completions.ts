@@ -56,9 +56,11 @@ function withHeaders(err: ApiError, headers: Record<string, string>): ApiError {
   return err
 }
 
+/** `body` is the validated request, `text` the JSON it was parsed from (forwarded as written). */
 export async function chatCompletion(
   who: Caller,
   body: ChatCompletionRequest,
+  text: string,
   opts: CompletionOptions,
 ): Promise<Response> {
   const startedAt = Date.now()
@@ -82,7 +84,7 @@ export async function chatCompletion(
   }
   const limits = rateLimitHeaders(hold.limits)
   try {
-    return await forward(hold, body, model, promptEstimate, startedAt, limits, opts)
+    return await forward(hold, body, text, model, promptEstimate, startedAt, limits, opts)
   } catch (err) {
     throw err instanceof ApiError ? withHeaders(err, limits) : err
   }
@@ -91,13 +93,14 @@ export async function chatCompletion(
 async function forward(
   hold: Hold,
   body: ChatCompletionRequest,
+  requestText: string,
   model: string,
   promptEstimate: number,
   startedAt: number,
   limits: Record<string, string>,
   opts: CompletionOptions,
 ): Promise<Response> {
-  const call = postChat(upstreamBody(body, hold.max_tokens), opts.timeoutMs)
+  const call = postChat(upstreamBody(requestText, body, hold.max_tokens), opts.timeoutMs)
   let res: Response
   try {
     res = await call.response

@@ -62,7 +62,7 @@ chatRoutes.post('/v1/chat/completions', async (c) => {
   const opts = { timeoutMs, log: c.get('log') }
 
   const idempotencyKey = c.req.header('idempotency-key')
-  if (idempotencyKey === undefined) return chatCompletion(who, parsed.data, opts)
+  if (idempotencyKey === undefined) return chatCompletion(who, parsed.data, text, opts)
   if (parsed.data.stream) {
     throw new ApiError(400, 'Idempotency-Key is supported for non-streamed completions only', {
       code: 'invalid_request',
@@ -73,7 +73,7 @@ chatRoutes.post('/v1/chat/completions', async (c) => {
   if (replay) return replay
   let stored: Promise<unknown> | undefined
   try {
-    const res = await chatCompletion(who, parsed.data, {
+    const res = await chatCompletion(who, parsed.data, text, {
       ...opts,
       onResult: (body) => stored = idempotency.complete(who, idempotencyKey, 200, body),
     })
