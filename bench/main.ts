@@ -139,11 +139,9 @@ try {
         '--allow-env',
         '--allow-read',
         '--unstable-no-legacy-abort',
-        // As scripts/stack.sh serves it (V8's memory-constrained mode; see the comment there).
-        `--v8-flags=--optimize-for-size${
-          Deno.env.get('BENCH_V8_FLAGS') ? `,${Deno.env.get('BENCH_V8_FLAGS')}` : ''
-        }`,
         ...(opts.profile ? ['--cpu-prof', `--cpu-prof-dir=${tmp}/profile`] : []),
+        // For experiments only (docs/PERFORMANCE.md): e.g. BENCH_V8_FLAGS=--max-semi-space-size=2
+        ...(Deno.env.get('BENCH_V8_FLAGS') ? [`--v8-flags=${Deno.env.get('BENCH_V8_FLAGS')}`] : []),
         `${ROOT}scripts/serve-functions.ts`,
       ],
       env: {

@@ -193,12 +193,8 @@ start_functions() {
       export OPENROUTER_API_KEY=simulated-upstream-key GATEWAY_UPSTREAM_SIMULATED=1
     fi
     cd "$ROOT"
-    # --optimize-for-size: V8's memory-constrained mode (smaller young generation, earlier major
-    # GCs), as an edge worker with a memory cap needs: at concurrency 64 the process peaks at ~100
-    # MiB instead of ~200 MiB, for no measurable CPU (docs/PERFORMANCE.md). bench/main.ts serves the
-    # function with the same flags.
     nohup "$ROOT/node_modules/.bin/deno" run --allow-net --allow-env --allow-read --unstable-no-legacy-abort \
-      --v8-flags=--optimize-for-size scripts/serve-functions.ts >"$LOCAL/functions.log" 2>&1 &
+      scripts/serve-functions.ts >"$LOCAL/functions.log" 2>&1 &
     echo $! >"$LOCAL/functions.pid"
   )
   echo "$hash" >"$LOCAL/functions.hash"
