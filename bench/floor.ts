@@ -142,7 +142,6 @@ async function main(seconds: number): Promise<void> {
       '--allow-env',
       '--allow-read',
       '--unstable-no-legacy-abort',
-      '--v8-flags=--optimize-for-size',
       `${ROOT}scripts/serve-functions.ts`,
     ],
     env: {
