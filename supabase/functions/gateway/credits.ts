@@ -1,7 +1,8 @@
 // What a request is charged, computed here so that a response can report it without waiting for
 // settle_request (which runs after the response, in background).
 //
-// DUPLICATE of SQL's `gateway.credits_for` (migration 20261125135251_begin_returns_pricing), the one
+// DUPLICATE of SQL's `gateway.credits_for` (latest definition: migration
+// 20261125153547_lean_request_path, the same formula since 20261125135251), the one
 // definition settle_request charges by: ceil(prompt × prompt multiplier + completion × completion
 // multiplier), in exact decimal arithmetic. supabase/tests/gateway/credits.test.ts checks that this
 // equals what settle_request charges over random token counts and multipliers; change both together.
