@@ -107,6 +107,16 @@ const MAX_BEGIN_CALLS = 2
 // A bound on one transaction: every account it admits stays locked until it commits.
 const MAX_BEGIN_BATCH = 64
 
+/** A batch call answers one object per element, in order; anything else is an error (never seen). */
+function answered(batch: unknown[], results: unknown): void {
+  if (
+    !Array.isArray(results) || results.length !== batch.length ||
+    results.some((r) => r === null || typeof r !== 'object')
+  ) {
+    throw new Error(`a batch of ${batch.length} was answered with something else`)
+  }
+}
+
 function flushBegins(): void {
   while (beginCalls < MAX_BEGIN_CALLS && beginQueue.length > 0) {
     beginCalls++
@@ -135,6 +145,7 @@ async function sendBegins(batch: QueuedBegin[]): Promise<void> {
           prompt_tokens: q.promptTokens,
         })),
       ])
+    answered(batch, results)
     batch.forEach((q, i) => q.resolve(results[i]))
   } catch (err) {
     const unreachable = err instanceof ApiError && err.status === 503
@@ -296,6 +307,7 @@ async function sendSettles(batch: QueuedSettle[]): Promise<void> {
         () => call<Settlement[]>('settle_requests', [args]),
       )
     }
+    answered(batch, results)
     batch.forEach((q, i) => q.resolve(results[i]))
   } catch (err) {
     const unreachable = err instanceof ApiError && err.status === 503
