@@ -4,7 +4,7 @@
 // per hold, so a duplicate attempt changes nothing; this module makes sure one attempt happens even
 // when the client is gone or the isolate is about to be recycled (every settle runs in background).
 //
-// Under load admissions and settles are each batched into one call (below).
+// Under load admissions and settles are each batched into one call (batcher.ts).
 //
 // How a settle knows what was generated (`settled_by`):
 //   usage         upstream's usage object (the normal case, stream or not)
@@ -16,9 +16,10 @@ import type { Caller } from './auth.ts'
 import { callerArgs } from './auth.ts'
 import { toHex } from '../_shared/keys.ts'
 import { describe, inBackground } from './background.ts'
+import { Batcher } from './batcher.ts'
 import { config } from './config.ts'
 import { creditsFor } from './credits.ts'
-import { call, type SqlArg } from './db.ts'
+import { call } from './db.ts'
 import { ApiError } from './errors.ts'
 import { log } from './log.ts'
 import { generationStats } from './upstream.ts'
@@ -87,77 +88,40 @@ export function rateLimitHeaders(limits: Limits | undefined): Record<string, str
 
 type BeginResult = ({ ok: true } & Hold) | Refusal
 
-// Admissions are batched like settles (below), by the rhythm of the database rather than a timer:
-// while fewer than MAX_BEGIN_CALLS admission calls are in flight a request goes at once, alone
-// (`begin_request`); those that arrive meanwhile queue and go together in the next call
-// (`begin_requests`: one round trip, one transaction, one commit for all of them, each admitted
-// by begin_request itself). At concurrency 1 nothing queues and nothing waits. Two calls in flight,
-// not one, so that a batch fills while the other is at the database instead of waiting for it.
-interface QueuedBegin {
+interface Admission {
   who: Caller
   model: string
   maxTokens: number | null
   promptTokens: number
-  resolve: (r: BeginResult) => void
-  reject: (err: unknown) => void
-}
-const beginQueue: QueuedBegin[] = []
-let beginCalls = 0
-const MAX_BEGIN_CALLS = 2
-// A bound on one transaction: every account it admits stays locked until it commits.
-const MAX_BEGIN_BATCH = 64
-
-/** A batch call answers one object per element, in order; anything else is an error (never seen). */
-function answered(batch: unknown[], results: unknown): void {
-  if (
-    !Array.isArray(results) || results.length !== batch.length ||
-    results.some((r) => r === null || typeof r !== 'object')
-  ) {
-    throw new Error(`a batch of ${batch.length} was answered with something else`)
-  }
 }
 
-function flushBegins(): void {
-  while (beginCalls < MAX_BEGIN_CALLS && beginQueue.length > 0) {
-    beginCalls++
-    sendBegins(beginQueue.splice(0, MAX_BEGIN_BATCH)).finally(() => {
-      beginCalls--
-      flushBegins()
-    })
-  }
-}
-
-function beginArgs(q: QueuedBegin): SqlArg[] {
-  return [...callerArgs(q.who), q.model, q.maxTokens, q.promptTokens]
-}
-
-async function sendBegins(batch: QueuedBegin[]): Promise<void> {
-  try {
-    const results = batch.length === 1
-      ? [await call<BeginResult>('begin_request', beginArgs(batch[0]))]
-      : await call<BeginResult[]>('begin_requests', [
-        batch.map((q) => ({
-          key_hash: toHex(q.who.keyHash),
-          client_ip: q.who.ip,
-          referrer: q.who.referrer,
-          model: q.model,
-          max_tokens: q.maxTokens,
-          prompt_tokens: q.promptTokens,
+// Admissions are batched (batcher.ts): one goes alone (`begin_request`), those that queue behind it
+// go together (`begin_requests`, each admitted by begin_request itself, in account order). Two calls
+// in flight, not one, so that a batch fills while the other is at the database instead of waiting
+// for it; measured against one, three and four (docs/PERFORMANCE.md). At most 64 per call: every
+// account a batch admits stays locked until it commits.
+const admissions = new Batcher<Admission, BeginResult>({
+  maxCalls: 2,
+  maxBatch: 64,
+  call: (batch) =>
+    batch.length === 1
+      ? call<BeginResult>('begin_request', [
+        ...callerArgs(batch[0].who),
+        batch[0].model,
+        batch[0].maxTokens,
+        batch[0].promptTokens,
+      ]).then((r) => [r])
+      : call<BeginResult[]>('begin_requests', [
+        batch.map((a) => ({
+          key_hash: toHex(a.who.keyHash),
+          client_ip: a.who.ip,
+          referrer: a.who.referrer,
+          model: a.model,
+          max_tokens: a.maxTokens,
+          prompt_tokens: a.promptTokens,
         })),
-      ])
-    answered(batch, results)
-    batch.forEach((q, i) => q.resolve(results[i]))
-  } catch (err) {
-    const unreachable = err instanceof ApiError && err.status === 503
-    if (batch.length === 1 || unreachable) {
-      for (const q of batch) q.reject(err)
-      return
-    }
-    // An element SQL refuses to process (not a refusal: an error, e.g. an invalid argument) aborts
-    // its whole batch, admitting nothing: admit each alone, so that only that one fails.
-    await Promise.all(batch.map((q) => sendBegins([q])))
-  }
-}
+      ]),
+})
 
 /** Admits the request and holds credits for it, or throws the refusal as a 401/402/403/429. */
 export async function begin(
@@ -166,10 +130,7 @@ export async function begin(
   maxTokens: number | null,
   promptTokens: number,
 ): Promise<Hold> {
-  const r = await new Promise<BeginResult>((resolve, reject) => {
-    beginQueue.push({ who, model, maxTokens, promptTokens, resolve, reject })
-    flushBegins()
-  })
+  const r = await admissions.submit({ who, model, maxTokens, promptTokens })
   if (r.ok) return r
   const status = REFUSAL_STATUS[r.reason] ?? 403
   const headers = rateLimitHeaders(r.limits)
@@ -240,86 +201,45 @@ async function withRetries<T>(what: string, attempt: () => Promise<T>): Promise<
   }
 }
 
-// Settles are batched by the natural rhythm of the database, not by a timer: the first settle goes
-// at once; those that arrive while a settle call is in flight queue, and all of them go in the
-// next call (`settle_requests`: one round trip, one transaction, one commit). At concurrency 1
-// nothing queues and nothing waits; under load the commits per request drop from two towards one.
-interface QueuedSettle {
-  hold: Hold
-  usage: Usage
-  resolve: (s: Settlement) => void
-  reject: (err: unknown) => void
-}
-const queued: QueuedSettle[] = []
-let inFlight = false
-// A bound on one transaction: after a database outage thousands may have queued, and one call
-// would hold every row it settles locked until it commits.
-const MAX_SETTLE_BATCH = 100
-
-/** settle_request's arguments for a queued settle, named as settle_requests takes them. */
-function settleArgs({ hold, usage }: QueuedSettle) {
-  return {
-    hold_id: hold.hold_id,
-    model: usage.model,
-    prompt_tokens: tokens(usage.promptTokens),
-    completion_tokens: tokens(usage.completionTokens),
-    upstream_cost: usage.cost,
-    status: usage.outcome,
-    latency_ms: tokens(usage.latencyMs),
-    generation_id: usage.generationId,
-    settled_by: usage.settledBy,
-  }
+/** settle_request's arguments, named as settle_requests takes them. */
+interface SettleArgs {
+  hold_id: number
+  model: string
+  prompt_tokens: number
+  completion_tokens: number
+  upstream_cost: number | null
+  status: Outcome
+  latency_ms: number
+  generation_id: string | null
+  settled_by: SettledBy
 }
 
-function flushSettles(): void {
-  if (inFlight || queued.length === 0) return
-  inFlight = true
-  const batch = queued.splice(0, MAX_SETTLE_BATCH)
-  sendSettles(batch).finally(() => {
-    inFlight = false
-    flushSettles()
-  })
-}
-
-async function sendSettles(batch: QueuedSettle[]): Promise<void> {
-  try {
-    let results: Settlement[]
-    if (batch.length === 1) {
-      const a = settleArgs(batch[0])
-      results = [
-        await withRetries('settle_request', () =>
-          call<Settlement>('settle_request', [
-            a.hold_id,
-            a.model,
-            a.prompt_tokens,
-            a.completion_tokens,
-            a.upstream_cost,
-            a.status,
-            a.latency_ms,
-            a.generation_id,
-            a.settled_by,
-          ])),
-      ]
-    } else {
-      const args = batch.map(settleArgs)
-      results = await withRetries(
-        'settle_requests',
-        () => call<Settlement[]>('settle_requests', [args]),
-      )
+// Settles are batched (batcher.ts) with one call in flight: under load the commits per request drop
+// from two towards one. At most 100 per call: after a database outage thousands may have queued,
+// and one call would keep every row it settles locked until it commits. A call that cannot reach
+// the database keeps trying (withRetries).
+const settlements = new Batcher<SettleArgs, Settlement>({
+  maxCalls: 1,
+  maxBatch: 100,
+  call: (batch) => {
+    if (batch.length > 1) {
+      return withRetries('settle_requests', () => call<Settlement[]>('settle_requests', [batch]))
     }
-    answered(batch, results)
-    batch.forEach((q, i) => q.resolve(results[i]))
-  } catch (err) {
-    const unreachable = err instanceof ApiError && err.status === 503
-    if (batch.length === 1 || unreachable) {
-      for (const q of batch) q.reject(err)
-      return
-    }
-    // One element that SQL refuses aborts its whole batch, settling nothing: settle each alone, so
-    // that only that one fails.
-    await Promise.all(batch.map((q) => sendSettles([q])))
-  }
-}
+    const a = batch[0]
+    return withRetries('settle_request', () =>
+      call<Settlement>('settle_request', [
+        a.hold_id,
+        a.model,
+        a.prompt_tokens,
+        a.completion_tokens,
+        a.upstream_cost,
+        a.status,
+        a.latency_ms,
+        a.generation_id,
+        a.settled_by,
+      ])).then((s) => [s])
+  },
+})
 
 /**
  * Charges the hold for `usage`. Runs in background (it survives the response and retries while the
@@ -334,9 +254,16 @@ export function settle(
 ): Promise<Settlement | undefined> {
   return inBackground(
     (async () => {
-      const s = await new Promise<Settlement>((resolve, reject) => {
-        queued.push({ hold, usage, resolve, reject })
-        flushSettles()
+      const s = await settlements.submit({
+        hold_id: hold.hold_id,
+        model: usage.model,
+        prompt_tokens: tokens(usage.promptTokens),
+        completion_tokens: tokens(usage.completionTokens),
+        upstream_cost: usage.cost,
+        status: usage.outcome,
+        latency_ms: tokens(usage.latencyMs),
+        generation_id: usage.generationId,
+        settled_by: usage.settledBy,
       })
       if (s.settled && s.credits_charged !== charge(hold, usage).credits) {
         // Never expected (a test pins credits.ts to SQL); if it happens, the books are right (SQL

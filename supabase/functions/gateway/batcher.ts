@@ -1,0 +1,71 @@
+// Batching by the rhythm of the database rather than a timer, for admissions and settles alike
+// (metering.ts): while fewer than `maxCalls` calls are in flight an item goes at once; items that
+// arrive meanwhile queue, and the next call takes all of them (up to `maxBatch`). At concurrency 1
+// nothing queues and nothing waits; under load many items share one round trip, one transaction and
+// one commit.
+//
+// A batch runs in one transaction, so one element SQL cannot process (an error, not a refusal)
+// aborts all of it: the elements are then sent one by one, so that only that one fails. An
+// unreachable database (a 503) fails the whole batch at once instead: one by one would fail alike.
+
+import { ApiError } from './errors.ts'
+
+interface Queued<T, R> {
+  item: T
+  resolve: (r: R) => void
+  reject: (err: unknown) => void
+}
+
+export interface BatcherOptions<T, R> {
+  /** Calls in flight at most. */
+  maxCalls: number
+  /** Items per call at most (a bound on one transaction and the rows it keeps locked). */
+  maxBatch: number
+  /** One call for these items (one or many), answering one result per item, in order. */
+  call: (items: T[]) => Promise<R[]>
+}
+
+export class Batcher<T, R> {
+  #queue: Queued<T, R>[] = []
+  #calls = 0
+
+  constructor(private readonly opts: BatcherOptions<T, R>) {}
+
+  /** The item's result, from whichever call takes it. */
+  submit(item: T): Promise<R> {
+    return new Promise<R>((resolve, reject) => {
+      this.#queue.push({ item, resolve, reject })
+      this.#flush()
+    })
+  }
+
+  #flush(): void {
+    while (this.#calls < this.opts.maxCalls && this.#queue.length > 0) {
+      this.#calls++
+      this.#send(this.#queue.splice(0, this.opts.maxBatch)).finally(() => {
+        this.#calls--
+        this.#flush()
+      })
+    }
+  }
+
+  async #send(batch: Queued<T, R>[]): Promise<void> {
+    try {
+      const results = await this.opts.call(batch.map((q) => q.item))
+      if (
+        !Array.isArray(results) || results.length !== batch.length || results.some((r) => r == null)
+      ) {
+        // Never seen; a missing result would otherwise resolve a request with undefined.
+        throw new Error(`a batch of ${batch.length} was answered with something else`)
+      }
+      batch.forEach((q, i) => q.resolve(results[i]))
+    } catch (err) {
+      const unreachable = err instanceof ApiError && err.status === 503
+      if (batch.length === 1 || unreachable) {
+        for (const q of batch) q.reject(err)
+        return
+      }
+      await Promise.all(batch.map((q) => this.#send([q])))
+    }
+  }
+}
