@@ -99,6 +99,7 @@ export async function handleChat(req: Request, ctx: ChatContext): Promise<Respon
     finishReason: null,
     origin: req.headers.get('http-referer') ?? '',
     startedAt,
+    heldMs: Date.now() - startedAt,
   }
   ctx.stats.addGeneration(g)
   const plan: Plan = {

@@ -571,8 +571,9 @@ Deno.test('slow delays the response headers (suffix, header, and composed with a
     assert.ok(performance.now() - t0 >= 90)
     await expectError(failed, 502)
 
-    const id = (await stats(sim)).generations[0].id
-    assert.equal((await generationStat(sim, id)).fault, 'slow')
+    const first = (await stats(sim)).generations[0]
+    assert.equal((await generationStat(sim, first.id)).fault, 'slow')
+    assert.ok(first.held_ms >= 290, 'stats say how long the headers were held')
   })
 })
 
@@ -728,7 +729,9 @@ Deno.test('stats count requests, record bodies and masked headers; reset clears'
       total_cost: costUsd(body.model, promptTokens(body), 3),
       finish_reason: 'length',
       ended: true,
+      held_ms: s.generations[0].held_ms,
     })
+    assert.ok(s.generations[0].held_ms >= 0 && s.generations[0].held_ms < 1_000)
     assert.deepEqual(s.received[0], {
       body,
       headers: {

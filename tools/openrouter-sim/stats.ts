@@ -16,6 +16,8 @@ export interface Generation {
   finishReason: string | null
   origin: string
   startedAt: number
+  /** How long the response headers were held back before generating (the `slow` fault), ms. */
+  heldMs: number
   /** Time the first byte of output was ready (for `latency`). */
   firstTokenAt?: number
   /** Set when the generation finished, failed or was cancelled; /generation waits on it. */
@@ -131,6 +133,7 @@ export class Stats {
         total_cost: g.totalCost,
         finish_reason: g.finishReason,
         ended: g.endedAt !== undefined,
+        held_ms: g.heldMs,
       })),
       received: this.received(),
     }

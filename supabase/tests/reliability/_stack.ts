@@ -31,6 +31,8 @@ export interface SimGeneration {
   cancelled: boolean
   fault: string | null
   ended: boolean
+  /** How long the simulator held the response headers back (the `slow` fault), ms. */
+  held_ms: number
 }
 
 export interface OwnSimulator {
