@@ -85,4 +85,15 @@ export function maskKey(key: string): string {
   return `${key.slice(0, 12)}…`
 }
 
+const KEY_SHAPED = /gw_(?:live|test|staging|dev)_[0-9A-Za-z]{28}/g
+
+/**
+ * `text` with anything shaped like a gateway key cut to its display prefix: for text that may echo
+ * what a client sent (a model name, an upstream error quoting the request) on its way to a log or
+ * an error message. A client that pastes its key into the wrong field must not see it come back.
+ */
+export function maskKeysIn(text: string): string {
+  return text.includes('gw_') ? text.replace(KEY_SHAPED, maskKey) : text
+}
+
 export const KEY_BODY_LENGTH = BODY_LENGTH

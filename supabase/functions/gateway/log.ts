@@ -4,6 +4,7 @@
 // are chosen, never dumped: request id, route, status, latency, account, key PREFIX, model, hold,
 // tokens, credits. Never a full key, the upstream key, a prompt or SQL text.
 
+import { maskKeysIn } from '../_shared/keys.ts'
 import { config } from './config.ts'
 
 export type LogFields = Record<string, string | number | boolean | null | undefined>
@@ -11,14 +12,12 @@ export type LogFields = Record<string, string | number | boolean | null | undefi
 // Some fields carry client text (the model a client asked for). A client that pastes its key there by
 // mistake must not get it logged: anything key-shaped in a string field is cut to its display prefix.
 // (Found by supabase/tests/reliability: a fuzzed model name shaped like a key reached the log.)
-const KEY_SHAPED = /gw_(?:live|test|staging|dev)_[0-9A-Za-z]{28}/g
-
 function scrubbed(fields: LogFields): LogFields {
   let out = fields
   for (const name in fields) {
     const value = fields[name]
-    if (typeof value !== 'string' || !value.includes('gw_')) continue
-    const safe = value.replace(KEY_SHAPED, (key) => `${key.slice(0, 12)}…`)
+    if (typeof value !== 'string') continue
+    const safe = maskKeysIn(value)
     if (safe === value) continue
     if (out === fields) out = { ...fields }
     out[name] = safe

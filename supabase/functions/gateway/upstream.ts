@@ -3,6 +3,7 @@
 // upstream failures to the errors our clients get. Nothing of the client's request but its body is
 // forwarded: not its Authorization, not its other headers.
 
+import { maskKeysIn } from '../_shared/keys.ts'
 import { config } from './config.ts'
 import { ApiError } from './errors.ts'
 
@@ -110,10 +111,16 @@ export async function fetchModelsText(): Promise<string> {
 
 const MAX_MESSAGE = 500
 
+/**
+ * Upstream's error message, passed on to the client: cut short, and with anything key-shaped masked
+ * (an upstream error may quote the request, e.g. an unknown model named like a key).
+ */
 function upstreamMessage(text: string): string | undefined {
   try {
     const message = JSON.parse(text)?.error?.message
-    return typeof message === 'string' && message ? message.slice(0, MAX_MESSAGE) : undefined
+    return typeof message === 'string' && message
+      ? maskKeysIn(message).slice(0, MAX_MESSAGE)
+      : undefined
   } catch {
     return undefined
   }

@@ -95,3 +95,16 @@ test('random key ids, registration and key specs never produce a 5xx', async () 
     { numRuns: RUNS },
   )
 })
+
+test('a key pasted as the model does not come back in the upstream error that quotes it', async () => {
+  // OpenRouter (and the simulator) answer an unknown model with "<model> is not a valid model ID".
+  const a = await newAccount(1000)
+  const res = await api('/v1/chat/completions', {
+    key: a.key,
+    body: { model: a.key, messages: [{ role: 'user', content: 'hi' }] },
+  })
+  assertOpenAIError(res, 'key as model')
+  assert.ok(!res.text.includes(a.key), res.text)
+  // deno-lint-ignore no-explicit-any
+  assert.match((res.json as any).error.message, /^gw_live_.{4}… is not a valid model ID$/)
+})
