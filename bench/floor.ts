@@ -7,7 +7,7 @@
 //   + query     + one postgres.js round trip (`select $1`) before forwarding
 //   + admission + `gateway.begin_request` instead of that query (the real SQL admission, as the
 //               gateway's role), the settle afterwards in background: a gateway with nothing else
-//   gateway     the function itself, served as scripts/stack.sh serves it
+//   gateway     the function itself, served as the benchmark serves it (bench/procs.ts)
 //
 // plus the median sequential round trips of `select 1`, `begin_request` and `settle_request` from
 // this process (bench/sql-profile.ts). Needs the local stack (bench/floor.sh starts it).
@@ -18,7 +18,7 @@
 import postgres from 'postgres'
 import { createHash } from 'node:crypto'
 import { BookKeeper } from './books.ts'
-import { freePort, start, stopAll } from './procs.ts'
+import { freePort, start, startFunctionsServer, startSimulator, stopAll } from './procs.ts'
 import { chatBody } from './scenarios.ts'
 import { roundTrips } from './sql-profile.ts'
 import { wrk } from './wrk.ts'
@@ -93,20 +93,7 @@ async function main(seconds: number): Promise<void> {
   const tmp = await Deno.makeTempDir({ prefix: 'bench-floor-' })
   const simPort = freePort(54351)
   const sim = `http://127.0.0.1:${simPort}`
-  await start({
-    name: 'sim',
-    cmd: DENO,
-    args: [
-      'run',
-      '--allow-net',
-      '--allow-env',
-      '--unstable-no-legacy-abort',
-      `${ROOT}tools/openrouter-sim/main.ts`,
-    ],
-    env: { SIM_PORT: String(simPort) },
-    log: `${tmp}/sim.log`,
-    readyUrl: `${sim}/api/v1/models`,
-  })
+  await startSimulator(simPort, `${tmp}/sim.log`)
   const books = await BookKeeper.connect(DB_URL)
   const keys = await books.createAccounts(`bench-floor-${Date.now()}`, 64)
   await books.end()
@@ -133,25 +120,11 @@ async function main(seconds: number): Promise<void> {
     })
   }
   const fnPort = freePort(54389)
-  await start({
-    name: 'functions',
-    cmd: DENO,
-    args: [
-      'run',
-      '--allow-net',
-      '--allow-env',
-      '--allow-read',
-      '--unstable-no-legacy-abort',
-      `${ROOT}scripts/serve-functions.ts`,
-    ],
-    env: {
-      FUNCTIONS_PORT: String(fnPort),
-      SUPABASE_DB_URL: DB_URL,
-      OPENROUTER_BASE_URL: `${sim}/api/v1`,
-      OPENROUTER_API_KEY: 'bench',
-    },
+  await startFunctionsServer({
+    port: fnPort,
+    upstream: `${sim}/api/v1`,
+    dbUrl: DB_URL,
     log: `${tmp}/functions.log`,
-    readyUrl: `http://127.0.0.1:${fnPort}/functions/v1/gateway/health`,
   })
   targets.push({
     name: 'gateway',

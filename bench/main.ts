@@ -16,6 +16,8 @@ import {
   type Proc,
   resetPeak,
   start,
+  startFunctionsServer,
+  startSimulator,
   stopAll,
 } from './procs.ts'
 import { type Cell, cellFromWrk, derive, table } from './report.ts'
@@ -25,7 +27,6 @@ import { formatSqlProfile, profileSql, type SqlProfile } from './sql-profile.ts'
 import { wrk } from './wrk.ts'
 
 const ROOT = new URL('../', import.meta.url).pathname
-const DENO = `${ROOT}node_modules/.bin/deno`
 // The stack's database; BENCH_DB_URL points the run at another database of the same server.
 const DB_URL = Deno.env.get('BENCH_DB_URL') ??
   'postgresql://postgres:postgres@127.0.0.1:54322/postgres'
@@ -98,21 +99,8 @@ let profileSummary: unknown
 let gatewayDown: string | null = null
 
 try {
-  procs.sim = await start({
-    name: 'sim',
-    cmd: DENO,
-    args: [
-      'run',
-      '--allow-net',
-      '--allow-env',
-      '--unstable-no-legacy-abort',
-      `${ROOT}tools/openrouter-sim/main.ts`,
-    ],
-    // The books match every generation it records (up to 200 000 per cell) to a usage record.
-    env: { SIM_PORT: String(SIM_PORT) },
-    log: `${tmp}/sim.log`,
-    readyUrl: `${SIM}/api/v1/models`,
-  })
+  // The books match every generation it records (up to 200 000 per cell) to a usage record.
+  procs.sim = await startSimulator(SIM_PORT, `${tmp}/sim.log`)
   if (needs('portkey')) {
     procs.portkey = await start({
       name: 'portkey',
@@ -130,30 +118,12 @@ try {
   }
   let keys: { many: string; hot: string } | undefined
   if (needs('gateway')) {
-    procs.functions = await start({
-      name: 'functions',
-      cmd: DENO,
-      args: [
-        'run',
-        '--allow-net',
-        '--allow-env',
-        '--allow-read',
-        '--unstable-no-legacy-abort',
-        ...(opts.profile ? ['--cpu-prof', `--cpu-prof-dir=${tmp}/profile`] : []),
-        // For experiments only (docs/PERFORMANCE.md): e.g. BENCH_V8_FLAGS=--max-semi-space-size=2
-        ...(Deno.env.get('BENCH_V8_FLAGS') ? [`--v8-flags=${Deno.env.get('BENCH_V8_FLAGS')}`] : []),
-        `${ROOT}scripts/serve-functions.ts`,
-      ],
-      env: {
-        FUNCTIONS_PORT: String(FUNCTIONS_PORT),
-        SUPABASE_URL: `http://127.0.0.1:${FUNCTIONS_PORT}`,
-        SUPABASE_DB_URL: DB_URL,
-        OPENROUTER_BASE_URL: `${SIM}/api/v1`,
-        OPENROUTER_API_KEY: 'bench',
-        GATEWAY_UPSTREAM_SIMULATED: '1',
-      },
+    procs.functions = await startFunctionsServer({
+      port: FUNCTIONS_PORT,
+      upstream: `${SIM}/api/v1`,
+      dbUrl: DB_URL,
       log: `${tmp}/functions.log`,
-      readyUrl: `http://127.0.0.1:${FUNCTIONS_PORT}/functions/v1/gateway/health`,
+      denoArgs: opts.profile ? ['--cpu-prof', `--cpu-prof-dir=${tmp}/profile`] : [],
     })
     books = await BookKeeper.connect(DB_URL)
     gatewayDown = await books.unavailable()

@@ -10,6 +10,66 @@ export interface Proc {
 
 const running = new Set<Proc>()
 
+const ROOT = new URL('../', import.meta.url).pathname
+const DENO = `${ROOT}node_modules/.bin/deno`
+
+/** The OpenRouter simulator on `port`, logging to `log`. */
+export function startSimulator(port: number, log: string): Promise<Proc> {
+  return start({
+    name: 'sim',
+    cmd: DENO,
+    args: [
+      'run',
+      '--allow-net',
+      '--allow-env',
+      '--unstable-no-legacy-abort',
+      `${ROOT}tools/openrouter-sim/main.ts`,
+    ],
+    env: { SIM_PORT: String(port) },
+    log,
+    readyUrl: `http://127.0.0.1:${port}/api/v1/models`,
+  })
+}
+
+/**
+ * The functions server on `port`, served as scripts/stack.sh serves it (same runtime flags), with
+ * `upstream` (an OpenRouter base URL) and `dbUrl`. `denoArgs` go before the script: profiling, and
+ * BENCH_V8_FLAGS (experiments only, docs/PERFORMANCE.md: e.g. --max-semi-space-size=2).
+ */
+export function startFunctionsServer(opts: {
+  port: number
+  upstream: string
+  dbUrl: string
+  log: string
+  denoArgs?: string[]
+}): Promise<Proc> {
+  const v8 = Deno.env.get('BENCH_V8_FLAGS')
+  return start({
+    name: 'functions',
+    cmd: DENO,
+    args: [
+      'run',
+      '--allow-net',
+      '--allow-env',
+      '--allow-read',
+      '--unstable-no-legacy-abort',
+      ...(opts.denoArgs ?? []),
+      ...(v8 ? [`--v8-flags=${v8}`] : []),
+      `${ROOT}scripts/serve-functions.ts`,
+    ],
+    env: {
+      FUNCTIONS_PORT: String(opts.port),
+      SUPABASE_URL: `http://127.0.0.1:${opts.port}`,
+      SUPABASE_DB_URL: opts.dbUrl,
+      OPENROUTER_BASE_URL: opts.upstream,
+      OPENROUTER_API_KEY: 'bench',
+      GATEWAY_UPSTREAM_SIMULATED: '1',
+    },
+    log: opts.log,
+    readyUrl: `http://127.0.0.1:${opts.port}/functions/v1/gateway/health`,
+  })
+}
+
 /** Starts `cmd args…` with its output in `log`, and waits until `readyUrl` answers at all. */
 export async function start(opts: {
   name: string
