@@ -6,8 +6,9 @@
 // after the response. All functions run in this one process: each module's `Deno.serve(handler)`
 // is captured rather than bound, so a request costs no extra network hop.
 //
-// On SIGTERM/SIGINT it stops accepting requests and awaits every promise handed to waitUntil, so a
-// settle queued after a response is not lost when the stack stops.
+// On SIGTERM/SIGINT it stops accepting requests, dispatches `beforeunload` (as the edge runtime does
+// before it shuts a worker down) and awaits every promise handed to waitUntil, so a settle queued
+// after a response is not lost when the stack stops.
 
 type Handler = (req: Request, info: Deno.ServeHandlerInfo) => Response | Promise<Response>
 
@@ -97,6 +98,7 @@ const server = Deno.serve({
 
 async function shutdown() {
   await server.shutdown()
+  globalThis.dispatchEvent(new Event('beforeunload'))
   await Promise.allSettled([...pending])
   Deno.exit(0)
 }

@@ -57,6 +57,16 @@ export const config = {
     (env('GATEWAY_GENERATION_LOOKUP_DELAYS_MS') ?? '600,1000,1500,2500,4000')
       .split(',').map(Number).filter((n) => Number.isFinite(n) && n >= 0),
 
+  /**
+   * Reserved admissions (reservations.ts): how many requests a busy caller's context is admitted
+   * ahead, 0 to turn it off; how long an unused one is kept before it is given back (also how late
+   * a revocation or limit change can reach it); and how many admissions within that time make a
+   * context busy.
+   */
+  reserveCount: Math.min(intEnv('GATEWAY_RESERVE_ADMISSIONS', 16), 64),
+  reserveMs: intEnv('GATEWAY_RESERVE_MS', 500),
+  reserveAfter: intEnv('GATEWAY_RESERVE_AFTER', 4),
+
   /** Request bodies larger than this are refused with 413. */
   maxBodyBytes: intEnv('GATEWAY_MAX_BODY_BYTES', 4 * 1024 * 1024),
   /** One JSON log line per request and per settlement (errors are always logged). */

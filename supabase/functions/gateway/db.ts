@@ -38,6 +38,8 @@ export type SqlFunction =
   | 'settle_request'
   | 'settle_requests'
   | 'void_request'
+  | 'reserve_admissions'
+  | 'cancel_admissions'
   | 'idempotency_begin'
   | 'idempotency_complete'
 

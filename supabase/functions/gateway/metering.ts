@@ -22,6 +22,7 @@ import { creditsFor } from './credits.ts'
 import { call } from './db.ts'
 import { ApiError } from './errors.ts'
 import { log } from './log.ts'
+import * as reservations from './reservations.ts'
 import { generationStats } from './upstream.ts'
 
 interface Window {
@@ -44,6 +45,8 @@ export interface Hold {
   max_tokens: number
   /** The balance as admission saw it (before this request's charge). */
   balance: number
+  /** Credits neither spent nor held once this hold was placed. */
+  available_credits: number
   /** The multipliers the hold is priced at, as exact decimal text (see credits.ts). */
   prompt_multiplier: string
   completion_multiplier: string
@@ -86,7 +89,7 @@ export function rateLimitHeaders(limits: Limits | undefined): Record<string, str
   return headers
 }
 
-type BeginResult = ({ ok: true } & Hold) | Refusal
+export type BeginResult = ({ ok: true } & Hold) | Refusal
 
 interface Admission {
   who: Caller
@@ -130,7 +133,11 @@ export async function begin(
   maxTokens: number | null,
   promptTokens: number,
 ): Promise<Hold> {
+  const context = { who, model, maxTokens }
+  const reserved = reservations.take(context, promptTokens)
+  if (reserved) return reserved
   const r = await admissions.submit({ who, model, maxTokens, promptTokens })
+  reservations.admitted(context, promptTokens, r)
   if (r.ok) return r
   const status = REFUSAL_STATUS[r.reason] ?? 403
   const headers = rateLimitHeaders(r.limits)
@@ -252,6 +259,7 @@ export function settle(
   usage: Usage,
   logged = false,
 ): Promise<Settlement | undefined> {
+  reservations.charged(hold, charge(hold, usage).credits)
   return inBackground(
     (async () => {
       const s = await settlements.submit({

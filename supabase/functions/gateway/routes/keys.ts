@@ -4,6 +4,7 @@
 import { createRoute } from '@hono/zod-openapi'
 import { caller, callerArgs } from '../auth.ts'
 import { callText } from '../db.ts'
+import { changesAdmission } from '../reservations.ts'
 import * as s from '../schemas.ts'
 import { BEARER, errors, handle, jsonText, ok, router } from './common.ts'
 
@@ -77,7 +78,7 @@ handle(
     const changes = c.req.valid('json')
     const who = await caller(c)
     return jsonText(
-      await callText('update_key', [...callerArgs(who), key_id, changes]),
+      await changesAdmission(callText('update_key', [...callerArgs(who), key_id, changes])),
     )
   },
 )
@@ -100,7 +101,9 @@ handle(
     const { key_id } = c.req.valid('param')
     const { grace_seconds } = c.req.valid('json')
     const who = await caller(c)
-    return jsonText(await callText('rotate_key', [...callerArgs(who), key_id, grace_seconds]))
+    return jsonText(
+      await changesAdmission(callText('rotate_key', [...callerArgs(who), key_id, grace_seconds])),
+    )
   },
 )
 
@@ -118,6 +121,6 @@ handle(
   async (c) => {
     const { key_id } = c.req.valid('param')
     const who = await caller(c)
-    return jsonText(await callText('delete_key', [...callerArgs(who), key_id]))
+    return jsonText(await changesAdmission(callText('delete_key', [...callerArgs(who), key_id])))
   },
 )

@@ -1,0 +1,267 @@
+// Reserved admissions: for a busy caller, admit requests ahead so that a request does not wait for
+// its admission's round trip (docs/PERFORMANCE.md, "Reserved admissions").
+//
+// A context is everything a request's admission depends on: the key (its hash), the client's address,
+// the referrer, the model and the requested max_tokens. Once a context is busy (`reserveAfter`
+// admissions within `reserveMs`) and its last admission shows ample room (credits, rate windows),
+// `gateway.reserve_admissions` admits as many requests ahead as it recently had in `reserveMs` (at
+// most `reserveCount`), each by begin_request itself: counted in the windows and the key's counter,
+// with its own hold. Requests of that context then take one of those admissions instead of calling
+// SQL; what is not taken within `reserveMs` is given back by `gateway.cancel_admissions`, which
+// uncounts it. So SQL stays the one place that decides admission; this module only hands out what
+// SQL decided, in order.
+//
+// What it changes for the caller (README, "Reserved admissions"): a revoked key, a changed limit or
+// fence reaches a reserved admission only when it is given back, so up to `reserveMs` late in each
+// isolate (in this isolate, the key and account routes give every reservation back at once); and
+// the windows count reserved admissions from the moment they are reserved (stricter, never looser).
+// Money is exact as before: each request is settled or voided against its own hold.
+
+import { toHex } from '../_shared/keys.ts'
+import type { Caller } from './auth.ts'
+import { describe, inBackground } from './background.ts'
+import { config } from './config.ts'
+import { call } from './db.ts'
+import { log } from './log.ts'
+import type { BeginResult, Hold } from './metering.ts'
+
+/** What the admissions of one context depend on, besides the prompt estimate. */
+export interface Context {
+  who: Caller
+  model: string
+  maxTokens: number | null
+}
+
+interface Reserved {
+  hold: Hold
+  /** The prompt estimate it was admitted for: it serves requests whose estimate is at most that. */
+  promptTokens: number
+  expiresAt: number
+}
+
+interface Pool {
+  reserved: Reserved[]
+  reserving: boolean
+  /** No reservation before this (after a refusal or an error). */
+  coolUntil: number
+  /** Admissions of this context since `since`, and in the `reserveMs` before (how busy it is). */
+  admissions: number
+  since: number
+  previous: number
+  /** The balance the next reserved admission reports (see `charged`). */
+  balance: number
+  /** Bumped when the pool is given back: a reservation in flight then gives its answers back too. */
+  epoch: number
+  timer?: ReturnType<typeof setTimeout>
+}
+
+// A context must be busy to be worth a reservation, and its room ample, so that reserving never
+// refuses another request (another isolate's, another context's) that SQL would have admitted:
+// everything is measured against the last admission SQL answered for the context.
+const HEADROOM = 4
+// Contexts remembered at most; beyond it, those holding nothing are forgotten.
+const MAX_POOLS = 10_000
+
+const pools = new Map<string, Pool>()
+/** Which pool a reserved hold came from, while its request runs. */
+const origin = new WeakMap<Hold, Pool>()
+
+function contextKey(c: Context): string {
+  return `${toHex(c.who.keyHash)}|${c.who.ip ?? ''}|${c.who.referrer ?? ''}|${c.model}|${
+    c.maxTokens ?? ''
+  }`
+}
+
+/** The prompt estimate a reservation is made for: the request's, rounded up to a power of two. */
+function promptBucket(promptTokens: number): number {
+  return 2 ** Math.ceil(Math.log2(Math.max(16, promptTokens)))
+}
+
+/**
+ * A reserved admission for this request, if its context holds one it fits; undefined otherwise (the
+ * request is then admitted by SQL, and `admitted` is told the answer).
+ */
+export function take(c: Context, promptTokens: number): Hold | undefined {
+  if (config.reserveCount === 0) return undefined
+  const pool = pools.get(contextKey(c))
+  if (!pool) return undefined
+  const now = Date.now()
+  busy(pool, now)
+  const i = pool.reserved.findIndex((r) => r.expiresAt > now && r.promptTokens >= promptTokens)
+  if (i < 0) return undefined
+  const [r] = pool.reserved.splice(i, 1)
+  r.hold.balance = pool.balance
+  origin.set(r.hold, pool)
+  if (pool.reserved.length <= size(pool) / 4) reserve(c, pool, r.hold, r.promptTokens)
+  return r.hold
+}
+
+/** Told every admission SQL answered for a request (not a reserved one), admitted or refused. */
+export function admitted(c: Context, promptTokens: number, answer: BeginResult): void {
+  if (config.reserveCount === 0) return
+  const key = contextKey(c)
+  let pool = pools.get(key)
+  if (!answer.ok) {
+    // Whatever refused this request (a revoked key, a limit, the credits) would refuse what is
+    // reserved for its context too, had it been asked now.
+    if (pool) giveBack(key, pool, 'refused')
+    return
+  }
+  const now = Date.now()
+  if (!pool) {
+    if (pools.size >= MAX_POOLS) forgetIdle()
+    pool = {
+      reserved: [],
+      reserving: false,
+      coolUntil: 0,
+      admissions: 0,
+      since: now,
+      previous: 0,
+      balance: 0,
+      epoch: 0,
+    }
+    pools.set(key, pool)
+  }
+  busy(pool, now)
+  if (pool.reserved.length <= size(pool) / 4) reserve(c, pool, answer, promptBucket(promptTokens))
+}
+
+/** The charge a response reported for a reserved admission: the next one reports a balance after it. */
+export function charged(hold: Hold, credits: number): void {
+  const pool = origin.get(hold)
+  if (pool) pool.balance -= credits
+}
+
+/** Gives every reservation of this isolate back (a key, its limits or its account changed). */
+export function giveBackAll(why: string): Promise<unknown> {
+  return Promise.all([...pools].map(([key, pool]) => giveBack(key, pool, why)))
+}
+
+/**
+ * The answer of a call that changes what admission decides (a key's state, fences or limits, an
+ * account's): once it succeeds, every reservation of this isolate is given back, so that in this
+ * isolate the change applies to the very next request.
+ */
+export async function changesAdmission<T>(change: Promise<T>): Promise<T> {
+  const answer = await change
+  giveBackAll('admission changed')
+  return answer
+}
+
+function busy(pool: Pool, now: number): void {
+  if (now - pool.since > config.reserveMs) {
+    pool.previous = now - pool.since > 2 * config.reserveMs ? 0 : pool.admissions
+    pool.admissions = 0
+    pool.since = now
+  }
+  pool.admissions++
+}
+
+/**
+ * How many to reserve: about as many as the context was admitted in one lifetime lately (more would
+ * mostly be given back), at least `reserveAfter`, at most `reserveCount`.
+ */
+function size(pool: Pool): number {
+  return Math.min(
+    config.reserveCount,
+    Math.max(config.reserveAfter, pool.admissions, pool.previous),
+  )
+}
+
+function roomFor(answer: Hold, promptTokens: number, count: number): boolean {
+  const n = HEADROOM * count
+  const { requests, tokens } = answer.limits ?? {}
+  return answer.available_credits >= n * answer.held_credits &&
+    (requests?.remaining == null || requests.remaining >= n) &&
+    (tokens?.remaining == null || tokens.remaining >= n * (answer.max_tokens + promptTokens))
+}
+
+function reserve(c: Context, pool: Pool, last: Hold, promptTokens: number): void {
+  const now = Date.now()
+  const count = size(pool)
+  if (
+    pool.reserving || pool.admissions < config.reserveAfter || now < pool.coolUntil ||
+    !roomFor(last, promptTokens, count)
+  ) return
+  pool.reserving = true
+  const epoch = pool.epoch
+  inBackground(
+    call<BeginResult[]>('reserve_admissions', [
+      c.who.keyHash,
+      c.who.ip,
+      c.who.referrer,
+      c.model,
+      c.maxTokens,
+      promptTokens,
+      count,
+    ]).then((answers) => {
+      const expiresAt = Date.now() + config.reserveMs
+      if (pool.epoch !== epoch) {
+        // Given back while in flight (a refusal, a key change): these were admitted before it.
+        const ok = answers.filter((a): a is BeginResult & Hold => a.ok)
+        return cancel(ok.map((hold) => ({ hold, promptTokens, expiresAt })), 'given back')
+      }
+      for (const a of answers) {
+        if (a.ok) pool.reserved.push({ hold: a, promptTokens, expiresAt })
+        else pool.coolUntil = expiresAt
+      }
+      const first = answers.find((a): a is BeginResult & Hold => a.ok)
+      if (first) pool.balance = first.balance
+      arm(contextKey(c), pool)
+    }).catch((err) => {
+      pool.coolUntil = Date.now() + config.reserveMs
+      log('warn', 'reserve_admissions failed', { error: describe(err) })
+    }).finally(() => {
+      pool.reserving = false
+    }),
+    'reserve_admissions',
+  )
+}
+
+/** A timer for the pool's next expiry, which gives back what expired and re-arms. */
+function arm(key: string, pool: Pool): void {
+  if (pool.timer !== undefined || pool.reserved.length === 0) return
+  const next = Math.min(...pool.reserved.map((r) => r.expiresAt))
+  pool.timer = setTimeout(() => {
+    pool.timer = undefined
+    const now = Date.now()
+    const expired = pool.reserved.filter((r) => r.expiresAt <= now)
+    pool.reserved = pool.reserved.filter((r) => r.expiresAt > now)
+    cancel(expired, 'expired')
+    if (pool.reserved.length > 0) arm(key, pool)
+    else if (now - pool.since > config.reserveMs && !pool.reserving) pools.delete(key)
+  }, Math.max(0, next - Date.now()))
+}
+
+function giveBack(key: string, pool: Pool, why: string): Promise<unknown> {
+  if (pool.timer !== undefined) clearTimeout(pool.timer)
+  pool.timer = undefined
+  const unused = pool.reserved
+  pool.reserved = []
+  pool.epoch++
+  pool.coolUntil = Date.now() + config.reserveMs
+  if (!pool.reserving) pools.delete(key)
+  return cancel(unused, why)
+}
+
+function cancel(unused: Reserved[], why: string): Promise<unknown> {
+  if (unused.length === 0) return Promise.resolve()
+  // A Postgres array literal: a JS array would go as jsonb (db.ts).
+  const ids = `{${unused.map((r) => r.hold.hold_id).join(',')}}`
+  // If this fails for good the holds stay open until the hold sweeper releases them (recorded as
+  // expired, uncharged): nothing is charged that was not used, only counted.
+  return inBackground(call('cancel_admissions', [ids]), `cancel_admissions (${why})`)
+}
+
+function forgetIdle(): void {
+  for (const [key, pool] of pools) {
+    if (pool.reserved.length === 0 && !pool.reserving) pools.delete(key)
+  }
+}
+
+// On Supabase the runtime announces an isolate's shutdown with `beforeunload`
+// (scripts/serve-functions.ts does too): give back what is reserved rather than leave it to the
+// hold sweeper.
+globalThis.addEventListener?.('beforeunload', () => {
+  giveBackAll('shutdown')
+})
