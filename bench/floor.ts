@@ -7,7 +7,10 @@
 //   + query     + one postgres.js round trip (`select $1`) before forwarding
 //   + admission + `gateway.begin_request` instead of that query (the real SQL admission, as the
 //               gateway's role), the settle afterwards in background: a gateway with nothing else
-//   gateway     the function itself, served as the benchmark serves it (bench/procs.ts)
+//   gw, no rsv  the function itself, served as the benchmark serves it (bench/procs.ts), with
+//               reserved admissions off (GATEWAY_RESERVE_ADMISSIONS=0): every request waits for its
+//               admission, as before they existed
+//   gateway     the function as it runs by default
 //
 // plus the median sequential round trips of `select 1`, `begin_request` and `settle_request` from
 // this process (bench/sql-profile.ts). Needs the local stack (bench/floor.sh starts it).
@@ -119,17 +122,22 @@ async function main(seconds: number): Promise<void> {
       url: `http://127.0.0.1:${port}/`,
     })
   }
-  const fnPort = freePort(54389)
-  await startFunctionsServer({
-    port: fnPort,
-    upstream: `${sim}/api/v1`,
-    dbUrl: DB_URL,
-    log: `${tmp}/functions.log`,
-  })
-  targets.push({
-    name: 'gateway',
-    url: `http://127.0.0.1:${fnPort}/functions/v1/gateway/v1/chat/completions`,
-  })
+  // The function twice: without reserved admissions (each request waits for its admission) and as
+  // it runs by default (a busy caller's requests take admissions reserved ahead).
+  for (const [name, reserve] of [['gw, no rsv', '0'], ['gateway', '']]) {
+    const fnPort = freePort(54389 + targets.length)
+    await startFunctionsServer({
+      port: fnPort,
+      upstream: `${sim}/api/v1`,
+      dbUrl: DB_URL,
+      log: `${tmp}/functions-${targets.length}.log`,
+      env: reserve ? { GATEWAY_RESERVE_ADMISSIONS: reserve } : {},
+    })
+    targets.push({
+      name,
+      url: `http://127.0.0.1:${fnPort}/functions/v1/gateway/v1/chat/completions`,
+    })
+  }
 
   const rows: string[] = []
   let direct = 0

@@ -42,6 +42,8 @@ export function startFunctionsServer(opts: {
   dbUrl: string
   log: string
   denoArgs?: string[]
+  /** More environment for the function (GATEWAY_* settings). */
+  env?: Record<string, string>
 }): Promise<Proc> {
   const v8 = Deno.env.get('BENCH_V8_FLAGS')
   return start({
@@ -64,6 +66,7 @@ export function startFunctionsServer(opts: {
       OPENROUTER_BASE_URL: opts.upstream,
       OPENROUTER_API_KEY: 'bench',
       GATEWAY_UPSTREAM_SIMULATED: '1',
+      ...opts.env,
     },
     log: opts.log,
     readyUrl: `http://127.0.0.1:${opts.port}/functions/v1/gateway/health`,
