@@ -23,11 +23,17 @@ export interface BatcherOptions<T, R> {
   maxBatch: number
   /** One call for these items (one or many), answering one result per item, in order. */
   call: (items: T[]) => Promise<R[]>
+  /**
+   * How long an item that would go alone waits for company (0: it goes at once). For work nobody
+   * waits for (settles): at low concurrency it turns one call per item into one per few.
+   */
+  lingerMs?: number
 }
 
 export class Batcher<T, R> {
   #queue: Queued<T, R>[] = []
   #calls = 0
+  #lingering = false
 
   constructor(private readonly opts: BatcherOptions<T, R>) {}
 
@@ -40,11 +46,27 @@ export class Batcher<T, R> {
   }
 
   #flush(): void {
+    const linger = this.opts.lingerMs ?? 0
+    if (linger > 0 && this.#calls === 0 && this.#queue.length < this.opts.maxBatch) {
+      if (!this.#lingering) {
+        this.#lingering = true
+        setTimeout(() => {
+          this.#lingering = false
+          this.#sendQueued()
+        }, linger)
+      }
+      return
+    }
+    this.#sendQueued()
+  }
+
+  #sendQueued(): void {
     while (this.#calls < this.opts.maxCalls && this.#queue.length > 0) {
       this.#calls++
       this.#send(this.#queue.splice(0, this.opts.maxBatch)).finally(() => {
         this.#calls--
-        this.#flush()
+        // What queued meanwhile has waited long enough: no lingering for it.
+        this.#sendQueued()
       })
     }
   }

@@ -58,14 +58,19 @@ export const config = {
       .split(',').map(Number).filter((n) => Number.isFinite(n) && n >= 0),
 
   /**
-   * Reserved admissions (reservations.ts): how many requests a busy caller's context is admitted
-   * ahead, 0 to turn it off; how long an unused one is kept before it is given back (also how late
-   * a revocation or limit change can reach it); and how many admissions within that time make a
-   * context busy.
+   * How long a settle that would go alone waits for others to share its call (no response waits
+   * for a settle): at low concurrency, one commit for a few requests instead of one each.
    */
-  reserveCount: Math.min(intEnv('GATEWAY_RESERVE_ADMISSIONS', 16), 64),
-  reserveMs: intEnv('GATEWAY_RESERVE_MS', 500),
-  reserveAfter: intEnv('GATEWAY_RESERVE_AFTER', 4),
+  settleLingerMs: intEnv('GATEWAY_SETTLE_LINGER_MS', 10),
+  /**
+   * Reserved admissions (reservations.ts): how many requests a busy caller's context is admitted
+   * ahead at most, 0 to turn it off; how long an unused one is kept before it is given back (also
+   * how late a revocation or limit change can reach it); and how many admissions within four times
+   * that make a context busy.
+   */
+  reserveCount: Math.min(intEnv('GATEWAY_RESERVE_ADMISSIONS', 32), 64),
+  reserveMs: Math.max(intEnv('GATEWAY_RESERVE_MS', 1000), 1),
+  reserveAfter: intEnv('GATEWAY_RESERVE_AFTER', 8),
 
   /** Request bodies larger than this are refused with 413. */
   maxBodyBytes: intEnv('GATEWAY_MAX_BODY_BYTES', 4 * 1024 * 1024),
