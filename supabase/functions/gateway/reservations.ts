@@ -3,13 +3,13 @@
 //
 // A context is everything a request's admission depends on: the key (its hash), the client's address,
 // the referrer, the model and the requested max_tokens. Once a context is busy (`reserveAfter`
-// admissions within `reserveMs`) and its last admission shows ample room (credits, rate windows),
-// `gateway.reserve_admissions` admits as many requests ahead as it recently had in `reserveMs` (at
-// most `reserveCount`), each by begin_request itself: counted in the windows and the key's counter,
-// with its own hold. Requests of that context then take one of those admissions instead of calling
-// SQL; what is not taken within `reserveMs` is given back by `gateway.cancel_admissions`, which
-// uncounts it. So SQL stays the one place that decides admission; this module only hands out what
-// SQL decided, in order.
+// admissions within about four lifetimes, `reserveMs` each) and its last admission shows ample room
+// (credits, rate windows), `gateway.reserve_admissions` admits ahead half as many again as its recent
+// rate would use in one lifetime (at most `reserveCount`), each by begin_request itself: counted in
+// the windows and the key's counter, with its own hold. Requests of that context then take one of
+// those admissions instead of calling SQL; what is not taken within `reserveMs` is given back by
+// `gateway.cancel_admissions`, which uncounts it. So SQL stays the one place that decides
+// admission; this module only hands out what SQL decided, in order.
 //
 // What it changes for the caller (README, "Reserved admissions"): a revoked key, a changed limit or
 // fence reaches a reserved admission only when it is given back, so up to `reserveMs` late in each
@@ -44,7 +44,7 @@ interface Pool {
   reserving: boolean
   /** No reservation before this (after a refusal or an error). */
   coolUntil: number
-  /** Admissions of this context since `since`, and in the `reserveMs` before (how busy it is). */
+  /** Admissions of this context since `since`, and in the window before (how busy it is). */
   admissions: number
   since: number
   previous: number
@@ -52,7 +52,6 @@ interface Pool {
   balance: number
   /** Bumped when the pool is given back: a reservation in flight then gives its answers back too. */
   epoch: number
-  timer?: ReturnType<typeof setTimeout>
 }
 
 // A context must be busy to be worth a reservation, and its room ample, so that reserving never
@@ -61,6 +60,10 @@ interface Pool {
 const HEADROOM = 4
 // Contexts remembered at most; beyond it, those holding nothing are forgotten.
 const MAX_POOLS = 10_000
+// Reservation calls in flight at most, for all contexts: they share the pool's few connections with
+// the requests' own calls, and a request must never queue behind work done for later ones.
+const MAX_RESERVING = 1
+let reservingCalls = 0
 
 const pools = new Map<string, Pool>()
 /** Which pool a reserved hold came from, while its request runs. */
@@ -92,7 +95,7 @@ export function take(c: Context, promptTokens: number): Hold | undefined {
   const [r] = pool.reserved.splice(i, 1)
   r.hold.balance = pool.balance
   origin.set(r.hold, pool)
-  if (pool.reserved.length <= size(pool) / 4) reserve(c, pool, r.hold, r.promptTokens)
+  if (low(pool)) reserve(c, pool, r.hold, r.promptTokens)
   return r.hold
 }
 
@@ -123,7 +126,7 @@ export function admitted(c: Context, promptTokens: number, answer: BeginResult):
     pools.set(key, pool)
   }
   busy(pool, now)
-  if (pool.reserved.length <= size(pool) / 4) reserve(c, pool, answer, promptBucket(promptTokens))
+  if (low(pool)) reserve(c, pool, answer, promptBucket(promptTokens))
 }
 
 /** The charge a response reported for a reserved admission: the next one reports a balance after it. */
@@ -148,24 +151,43 @@ export async function changesAdmission<T>(change: Promise<T>): Promise<T> {
   return answer
 }
 
+// How busy a context is, counted over windows of four lifetimes (4 s by default): long enough that
+// a caller sending a few requests a second is seen as the steady caller it is.
+const windowMs = () => 4 * config.reserveMs
+
 function busy(pool: Pool, now: number): void {
-  if (now - pool.since > config.reserveMs) {
-    pool.previous = now - pool.since > 2 * config.reserveMs ? 0 : pool.admissions
+  if (now - pool.since > windowMs()) {
+    pool.previous = now - pool.since > 2 * windowMs() ? 0 : pool.admissions
     pool.admissions = 0
     pool.since = now
   }
   pool.admissions++
 }
 
+function isBusy(pool: Pool): boolean {
+  return pool.admissions + pool.previous >= config.reserveAfter
+}
+
 /**
- * How many to reserve: about as many as the context was admitted in one lifetime lately (more would
- * mostly be given back), at least `reserveAfter`, at most `reserveCount`.
+ * How many to reserve: twice what the context's recent rate would use in one lifetime, at least 4,
+ * at most `reserveCount`. A reservation of n costs Postgres about what one admission does
+ * (gateway.reserve_admissions), so running short, which sends requests back to waiting for their
+ * admission, costs more than giving a few back.
  */
-function size(pool: Pool): number {
-  return Math.min(
-    config.reserveCount,
-    Math.max(config.reserveAfter, pool.admissions, pool.previous),
-  )
+function size(pool: Pool, now = Date.now()): number {
+  const span = Math.max(config.reserveMs, now - pool.since + (pool.previous ? windowMs() : 0))
+  const perLifetime = (pool.admissions + pool.previous) * config.reserveMs / span
+  return Math.min(config.reserveCount, Math.max(4, Math.ceil(2 * perLifetime)))
+}
+
+/**
+ * Reserve again at half, counting only what has at least half its lifetime left: a caller sending a
+ * request every 400 ms would otherwise find its reservation expired every third request, and wait.
+ */
+function low(pool: Pool, now = Date.now()): boolean {
+  let lasting = 0
+  for (const r of pool.reserved) if (r.expiresAt - now > config.reserveMs / 2) lasting++
+  return lasting <= size(pool, now) / 2
 }
 
 function roomFor(answer: Hold, promptTokens: number, count: number): boolean {
@@ -180,10 +202,11 @@ function reserve(c: Context, pool: Pool, last: Hold, promptTokens: number): void
   const now = Date.now()
   const count = size(pool)
   if (
-    pool.reserving || pool.admissions < config.reserveAfter || now < pool.coolUntil ||
+    pool.reserving || reservingCalls >= MAX_RESERVING || !isBusy(pool) || now < pool.coolUntil ||
     !roomFor(last, promptTokens, count)
   ) return
   pool.reserving = true
+  reservingCalls++
   const epoch = pool.epoch
   inBackground(
     call<BeginResult[]>('reserve_admissions', [
@@ -203,39 +226,51 @@ function reserve(c: Context, pool: Pool, last: Hold, promptTokens: number): void
       }
       for (const a of answers) {
         if (a.ok) pool.reserved.push({ hold: a, promptTokens, expiresAt })
-        else pool.coolUntil = expiresAt
       }
+      // Fewer than asked: something (a window, the cap, the credits) is close to its end. Let the
+      // context's requests go to SQL one by one for a while.
+      if (answers.length < count || answers.some((a) => !a.ok)) pool.coolUntil = expiresAt
       const first = answers.find((a): a is BeginResult & Hold => a.ok)
       if (first) pool.balance = first.balance
-      arm(contextKey(c), pool)
+      arm()
     }).catch((err) => {
       pool.coolUntil = Date.now() + config.reserveMs
       log('warn', 'reserve_admissions failed', { error: describe(err) })
     }).finally(() => {
       pool.reserving = false
+      reservingCalls--
     }),
     'reserve_admissions',
   )
 }
 
-/** A timer for the pool's next expiry, which gives back what expired and re-arms. */
-function arm(key: string, pool: Pool): void {
-  if (pool.timer !== undefined || pool.reserved.length === 0) return
-  const next = Math.min(...pool.reserved.map((r) => r.expiresAt))
-  pool.timer = setTimeout(() => {
-    pool.timer = undefined
-    const now = Date.now()
-    const expired = pool.reserved.filter((r) => r.expiresAt <= now)
-    pool.reserved = pool.reserved.filter((r) => r.expiresAt > now)
-    cancel(expired, 'expired')
-    if (pool.reserved.length > 0) arm(key, pool)
-    else if (now - pool.since > config.reserveMs && !pool.reserving) pools.delete(key)
-  }, Math.max(0, next - Date.now()))
+// One sweep for all pools, a few times per lifetime while anything is reserved: what expired in any
+// pool goes back in one call (at concurrency 1 over many keys, a timer per pool made a call each).
+let sweeping: ReturnType<typeof setTimeout> | undefined
+
+function arm(): void {
+  if (sweeping !== undefined) return
+  sweeping = setTimeout(sweep, Math.max(20, Math.round(config.reserveMs / 5)))
+}
+
+function sweep(): void {
+  sweeping = undefined
+  const now = Date.now()
+  const expired: Reserved[] = []
+  let holding = false
+  for (const [key, pool] of pools) {
+    if (pool.reserved.some((r) => r.expiresAt <= now)) {
+      expired.push(...pool.reserved.filter((r) => r.expiresAt <= now))
+      pool.reserved = pool.reserved.filter((r) => r.expiresAt > now)
+    }
+    if (pool.reserved.length > 0) holding = true
+    else if (now - pool.since > windowMs() && !pool.reserving) pools.delete(key)
+  }
+  cancel(expired, 'expired')
+  if (holding) arm()
 }
 
 function giveBack(key: string, pool: Pool, why: string): Promise<unknown> {
-  if (pool.timer !== undefined) clearTimeout(pool.timer)
-  pool.timer = undefined
   const unused = pool.reserved
   pool.reserved = []
   pool.epoch++

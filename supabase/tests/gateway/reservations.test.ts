@@ -1,7 +1,7 @@
 // Reserved admissions (reservations.ts): a busy context is admitted ahead by
 // gateway.reserve_admissions, its requests take those admissions without a round trip, and what
 // they do not take is given back (gateway.cancel_admissions). The stack's function runs with the
-// defaults (16 ahead, kept 500 ms, after 4 admissions).
+// defaults (at most 32 ahead, kept 1 s, once a caller has had 8 admissions within 4 s).
 //
 // What must hold whatever the timing: every request is admitted, counted and charged exactly once;
 // nothing reserved and unused stays counted, held or open; a tight limit or a small balance is never
@@ -88,7 +88,9 @@ test('concurrent requests of one key with reservations: the books stay exact', a
   const waves = 6
   const width = 12
   for (let w = 0; w < waves; w++) {
-    const rs = await Promise.all(Array.from({ length: width }, () => chat(a.key, { max_tokens: 8 })))
+    const rs = await Promise.all(
+      Array.from({ length: width }, () => chat(a.key, { max_tokens: 8 })),
+    )
     for (const r of rs) assert.equal(r.status, 200, r.text)
   }
   await settled(a.userId, waves * width)
@@ -99,7 +101,7 @@ test('concurrent requests of one key with reservations: the books stay exact', a
   assert.equal(c.day, waves * width)
 })
 
-test('a limit near its end is never reserved against: exactly the limit is admitted', async () => {
+test('a limit stays exact with reservations: exactly the limit is admitted, nothing reserved stays counted', async () => {
   // A day window, so that no window boundary falls inside the test (but at midnight UTC).
   const a = await busyAccount()
   await setRateLimits(a.userId, { requests_per_day: 90 })
@@ -113,10 +115,12 @@ test('a limit near its end is never reserved against: exactly the limit is admit
 })
 
 test('a small balance is never reserved against', async () => {
-  // A request costs 11 credits here (9 prompt, 2 completion), its hold as much; reserving even the
-  // fewest (4) at 4x headroom needs 176 available, more than the account ever has.
-  const a = await busyAccount(150)
-  assert.deepEqual(await burst(a.key, 12, { max_tokens: 2 }), Array(12).fill(200))
+  // A request holds 109 credits here (9 prompt, max_tokens 100) and costs 10 (the simulator writes
+  // one token): reserving even the fewest (4) at 4x headroom needs 1 744 available, more than the
+  // account ever has, while it can pay for all the requests.
+  const a = await busyAccount(500)
+  const body = { model: 'openai/gpt-4o-mini~len-1', max_tokens: 100 }
+  assert.deepEqual(await burst(a.key, 12, body), Array(12).fill(200))
   await settled(a.userId, 12)
   const c = await counts(a.userId, a.keyId)
   assert.equal(c.admissions_times, 12, 'each request admitted on its own')
@@ -150,7 +154,7 @@ test('a key deactivated by an operator in SQL is refused within the reservation 
   const a = await busyAccount()
   assert.deepEqual(await burst(a.key, 20), Array(20).fill(200))
   await db()`select gateway.deactivate_key(${a.keyId}, 'test')`
-  // Until the reservations made before the deactivation are used up or given back (500 ms), a
+  // Until the reservations made before the deactivation are used up or given back (1 s), a
   // request may still take one; after that, every request reaches SQL and is refused.
   const refused = await waitFor('a refusal', async () => {
     const r = await chat(a.key, { max_tokens: 16 })
