@@ -5,7 +5,14 @@
 // that takes a key id or a target; privilege escalation through key creation and update.
 
 import assert from 'node:assert/strict'
-import { type Account, db, newAccount, newAdmin, uniqueEmail } from '../gateway/_helpers.ts'
+import {
+  type Account,
+  db,
+  newAccount,
+  newAdmin,
+  uniqueEmail,
+  waitFor,
+} from '../gateway/_helpers.ts'
 import { CHAT, client } from './_http.ts'
 import { startFunctions, startOwnSimulator } from './_stack.ts'
 
@@ -227,6 +234,13 @@ Deno.test('authorization: what a valid key may do', opts, async (t) => {
         assert.equal(fromA.headers.get('idempotent-replayed'), null)
         assert.equal(fromA.json.gateway_usage.user_api_key, `${a.key.slice(0, 12)}…`)
         const other = await newAdmin()
+        // A's completion settles in background (a lone settle waits ~10 ms for company): let it
+        // land first, so that the two grants below are the only changes between their answers.
+        await waitFor('A settled', async () => {
+          const [r] =
+            await db()`select held from gateway.credit_balances where account_id = ${a.userId}`
+          return Number(r.held) === 0
+        })
         const grant = { user_id: a.userId, credits: 5 }
         const g1 = await gw4('/admin/add_credits', { key: admin.key, body: grant, headers: idem })
         const g2 = await gw4('/admin/add_credits', { key: other.key, body: grant, headers: idem })
