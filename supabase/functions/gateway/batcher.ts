@@ -37,17 +37,17 @@ export class Batcher<T, R> {
 
   constructor(private readonly opts: BatcherOptions<T, R>) {}
 
-  /** The item's result, from whichever call takes it. */
-  submit(item: T): Promise<R> {
+  /** The item's result, from whichever call takes it. `urgent`: no lingering for this one. */
+  submit(item: T, urgent = false): Promise<R> {
     return new Promise<R>((resolve, reject) => {
       this.#queue.push({ item, resolve, reject })
-      this.#flush()
+      this.#flush(urgent)
     })
   }
 
-  #flush(): void {
+  #flush(urgent: boolean): void {
     const linger = this.opts.lingerMs ?? 0
-    if (linger > 0 && this.#calls === 0 && this.#queue.length < this.opts.maxBatch) {
+    if (!urgent && linger > 0 && this.#calls === 0 && this.#queue.length < this.opts.maxBatch) {
       if (!this.#lingering) {
         this.#lingering = true
         setTimeout(() => {

@@ -226,7 +226,9 @@ interface SettleArgs {
 // and one call would keep every row it settles locked until it commits. A call that cannot reach
 // the database keeps trying (withRetries). With nothing in flight a settle lingers 10 ms for company
 // (GATEWAY_SETTLE_LINGER_MS): at concurrency 1 a settle per request was a commit per request,
-// competing with the next request for the same two cores; the hold is open 10 ms longer.
+// competing with the next request for the same two cores; the hold is open 10 ms longer. Not when
+// the hold is a large part of what the account has left: a client sending requests back to back
+// would find its credits tied up in holds waiting to settle (a 402 it did not get before).
 const settlements = new Batcher<SettleArgs, Settlement>({
   maxCalls: 1,
   maxBatch: 100,
@@ -265,6 +267,9 @@ export function settle(
   reservations.charged(hold, charge(hold, usage).credits)
   return inBackground(
     (async () => {
+      // A hold that is a large part of what the account has left is settled without lingering:
+      // until it is, its credits are not available to the account's next request.
+      const urgent = hold.available_credits < 8 * hold.held_credits
       const s = await settlements.submit({
         hold_id: hold.hold_id,
         model: usage.model,
@@ -275,7 +280,7 @@ export function settle(
         latency_ms: tokens(usage.latencyMs),
         generation_id: usage.generationId,
         settled_by: usage.settledBy,
-      })
+      }, urgent)
       if (s.settled && s.credits_charged !== charge(hold, usage).credits) {
         // Never expected (a test pins credits.ts to SQL); if it happens, the books are right (SQL
         // charged) but a response reported another figure.
