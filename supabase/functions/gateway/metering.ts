@@ -264,7 +264,8 @@ export function settle(
   usage: Usage,
   logged = false,
 ): Promise<Settlement | undefined> {
-  reservations.charged(hold, charge(hold, usage).credits)
+  const reported = charge(hold, usage).credits
+  reservations.charged(hold, reported)
   return inBackground(
     (async () => {
       // A hold that is a large part of what the account has left is settled without lingering:
@@ -281,7 +282,7 @@ export function settle(
         generation_id: usage.generationId,
         settled_by: usage.settledBy,
       }, urgent)
-      if (s.settled && s.credits_charged !== charge(hold, usage).credits) {
+      if (s.settled && s.credits_charged !== reported) {
         // Never expected (a test pins credits.ts to SQL); if it happens, the books are right (SQL
         // charged) but a response reported another figure.
         log('error', 'settle charged other than reported', { hold_id: hold.hold_id })
