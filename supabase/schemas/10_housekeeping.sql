@@ -1,0 +1,51 @@
+-- What runs without a request, on pg_cron: voiding stale holds (expire_stale_holds, in
+-- 06_settlement.sql), deleting ended rate windows and expired idempotency keys. Jobs are named, so
+-- scheduling one again replaces it.
+
+-- Deletes the counters of subjects whose day window has ended (their minute and hour windows have
+-- too; the next count starts every window afresh).
+create or replace function gateway.purge_rate_windows(p_now timestamptz default now())
+returns integer
+language plpgsql
+security definer
+set search_path = ''
+as $$
+declare
+  v_count integer;
+begin
+  delete from gateway.rate_counters c
+   where c.day_start + interval '1 day' <= p_now;
+  get diagnostics v_count = row_count;
+  return v_count;
+end
+$$;
+revoke execute on function gateway.purge_rate_windows(timestamptz) from public;
+grant execute on function gateway.purge_rate_windows(timestamptz) to service_role;
+
+-- Deletes the Idempotency-Key entries past their TTL.
+create or replace function gateway.purge_idempotency_keys(p_now timestamptz default now())
+returns integer
+language plpgsql
+security definer
+set search_path = ''
+as $$
+declare
+  v_count integer;
+begin
+  delete from gateway.idempotency_keys i where i.expires_at <= p_now;
+  get diagnostics v_count = row_count;
+  return v_count;
+end
+$$;
+revoke execute on function gateway.purge_idempotency_keys(timestamptz) from public;
+grant execute on function gateway.purge_idempotency_keys(timestamptz) to service_role;
+
+select cron.schedule(
+  'gateway-expire-stale-holds', '* * * * *', $$select gateway.expire_stale_holds()$$
+);
+select cron.schedule(
+  'gateway-purge-rate-windows', '*/5 * * * *', $$select gateway.purge_rate_windows()$$
+);
+select cron.schedule(
+  'gateway-purge-idempotency-keys', '17 * * * *', $$select gateway.purge_idempotency_keys()$$
+);
