@@ -4,9 +4,10 @@
 # Brings the local stack up with the simulated upstream, then runs, in order: pgTAP (pg_prove over
 # supabase/tests/**/*.test.sql), deno test, a scan of the function's log for secrets, deno lint,
 # deno fmt --check, deno check, supabase db lint (over the schemas we own: pgTAP's own functions in
-# `extensions` fail plpgsql_check) and supabase db advisors. Every step runs even if an earlier one
-# failed; the last line is "N passed, N failed" over tests and checks together, and the exit code is
-# non-zero on any failure.
+# `extensions` fail plpgsql_check), supabase db advisors, and the drift check (supabase/schemas and
+# supabase/migrations build the same database: scripts/drift-check.sh). Every step runs even if an
+# earlier one failed; the last line is "N passed, N failed" over tests and checks together, and the
+# exit code is non-zero on any failure.
 set -uo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -72,6 +73,7 @@ check "deno fmt --check" "$DENO" fmt --check
 check "deno check" "$DENO" check
 check "supabase db lint" npx --no-install supabase db lint --db-url "$DB_URL" --schema gateway,public --level warning --fail-on error
 check "supabase db advisors" npx --no-install supabase db advisors --db-url "$DB_URL" --fail-on warn
+check "drift check: supabase/schemas = supabase/migrations" bash scripts/drift-check.sh
 
 section "summary"
 for f in "${failures[@]}"; do echo "FAILED: $f"; done
