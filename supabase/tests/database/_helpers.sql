@@ -1,4 +1,4 @@
--- Test helpers, included by every NN-*.test.sql with `\ir _helpers.sql` right after `begin;`, so they
+-- Test helpers, included by every NN_*.test.sql with `\ir _helpers.sql` right after `begin;`, so they
 -- live in the test's transaction and vanish with its rollback (nothing is left in the database for
 -- the linters or anyone else to see). Not a test file itself (pg_prove runs *.test.sql only).
 

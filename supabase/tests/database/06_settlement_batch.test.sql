@@ -1,6 +1,6 @@
--- The request path after 20261125135251/20261125135326: begin_request returns what the charge is
--- computed from (the function reports it before settling), credits_for is settle_request's one
--- definition of the charge, and settle_requests settles a batch with settle_request's semantics.
+-- The charge and settle batches: begin_request returns what the charge is computed from (the
+-- function reports it before settling), credits_for is settle_request's one definition of the
+-- charge, and settle_requests settles a batch with settle_request's semantics.
 begin;
 \ir _helpers.sql
 select plan(18);
@@ -71,7 +71,7 @@ select is(tests.error_of($$select gateway.settle_requests(jsonb_build_array(
             jsonb_build_object('hold_id', 1, 'settled_by', 'guess')))$$),
           '22023:invalid_request', 'an invalid element aborts the whole batch (the caller retries alone)');
 
--- 20261125152312: within an account, the settles that count tokens go first (their counter row is
+-- Lock order: within an account, the settles that count tokens go first (their counter row is
 -- locked before the balance row, as admission locks them), the zero-token ones after.
 select tests.begin(:'b'::jsonb ->> 'api_key', 50, 0) as z1 \gset
 select tests.begin(:'b'::jsonb ->> 'api_key', 50, 0) as z2 \gset

@@ -1,7 +1,7 @@
--- gateway.reserve_admissions in one pass (20261125174446): the first admission by begin_request, the
--- others decided at once. The outcome must be exactly that of p_count sequential begin_request calls
--- with the same arguments and p_now (stopped at the first refusal): the same admissions, answers,
--- holds and counts; only the trailing refusal after a first admission is no longer in the answer.
+-- gateway.reserve_admissions in one pass: the first admission by begin_request, the others decided
+-- at once. The outcome must be exactly that of p_count sequential begin_request calls with the same
+-- arguments and p_now (stopped at the first refusal): the same admissions, answers, holds and
+-- counts; only the trailing refusal after a first admission is not in the answer.
 -- Each state is run twice from the same starting point, the reservation and the sequential calls,
 -- each in a subtransaction rolled back after its result and the account's rows are read.
 begin;

@@ -1,6 +1,6 @@
--- Reserved admissions (20261125172143): gateway.reserve_admissions admits ahead as begin_request
--- would (the first by begin_request itself, the others in one pass since 20261125174446, the same as
--- further begin_request calls: 13-bulk-reserve.test.sql) and marks the holds reserved;
+-- Reserved admissions: gateway.reserve_admissions admits ahead as begin_request would (the first by
+-- begin_request itself, the others in one pass, the same as further begin_request calls:
+-- 05_admission_reserved_bulk.test.sql) and marks the holds reserved;
 -- gateway.cancel_admissions gives back the unused ones as if they had never been made: no hold, no
 -- count, no use of the key, no usage record, no ledger row.
 begin;

@@ -1,7 +1,7 @@
--- The request path's fast paths and their fallbacks (20261125153547_lean_request_path): a subject's
--- rate counters are counted by an UPDATE when their row is there, and by the upsert when it is not
--- (a first count, or one after the purge) or when a limit refuses; the x-ratelimit-* view is computed
--- by begin_request itself, for an admission and for the refusals that report it.
+-- Rate counters' fast paths and their fallbacks: a subject's counters are counted by an UPDATE when
+-- their row is there, and by the upsert when it is not (a first count, or one after the purge) or
+-- when a limit refuses; the x-ratelimit-* view is computed by begin_request itself, for an admission
+-- and for the refusals that report it.
 begin;
 \ir _helpers.sql
 select plan(9);

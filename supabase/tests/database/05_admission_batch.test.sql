@@ -1,5 +1,5 @@
--- gateway.begin_requests (20261125151811): many admissions in one call, each by begin_request itself,
--- answered in the order given, processed in account order; an element that raises aborts the batch.
+-- gateway.begin_requests: many admissions in one call, each by begin_request itself, answered in the
+-- order given, processed in account order; an element that raises aborts the batch.
 begin;
 \ir _helpers.sql
 select plan(39);
