@@ -58,7 +58,8 @@ fi
 section "deno test"
 "$DENO" test -A --unstable-no-legacy-abort 2>&1 | tee "$out/deno"
 rc=${PIPESTATUS[0]}
-line=$(grep -E '^(ok|FAILED) \| ' "$out/deno" | tail -1 | sed 's/\x1b\[[0-9;]*m//g')
+# Deno colours its summary line even into a pipe: strip the colour before matching it.
+line=$(sed 's/\x1b\[[0-9;]*m//g' "$out/deno" | grep -E '^(ok|FAILED) \| ' | tail -1)
 dp=$(sed -nE 's/.*\| ([0-9]+) passed.*/\1/p' <<<"$line"); df=$(sed -nE 's/.*\| ([0-9]+) failed.*/\1/p' <<<"$line")
 dp=${dp:-0} df=${df:-0}
 if [ "$rc" -ne 0 ] && [ "$df" -eq 0 ]; then df=1; fi
