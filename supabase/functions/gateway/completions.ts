@@ -3,7 +3,7 @@
 // `gateway_usage` added, settling exactly once. Upstream failures become OpenAI-style errors; the
 // hold is voided when nothing was generated, and settled for what was generated otherwise.
 
-import type { Caller } from './auth.ts'
+import type { Caller } from './identity.ts'
 import {
   type ChatCompletionRequest,
   estimatePromptTokens,

@@ -4,8 +4,8 @@
 // Costs one extra SQL call, only for requests that send the header. A stream cannot be replayed,
 // so the header is refused there rather than silently ignored.
 
-import type { Caller } from './auth.ts'
-import { callerArgs } from './auth.ts'
+import type { Caller } from './identity.ts'
+import { callerArgs } from './identity.ts'
 import { inBackground } from './background.ts'
 import { call } from './db.ts'
 import { ApiError } from './errors.ts'

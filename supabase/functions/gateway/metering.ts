@@ -12,8 +12,8 @@
 //                 broken response: they appear a few seconds after the generation ends)
 //   stream_count  counted by us: the prompt estimate and one token per streamed content chunk
 
-import type { Caller } from './auth.ts'
-import { callerArgs } from './auth.ts'
+import type { Caller } from './identity.ts'
+import { callerArgs } from './identity.ts'
 import { toHex } from '../_shared/keys.ts'
 import { describe, inBackground } from './background.ts'
 import { Batcher } from './batcher.ts'

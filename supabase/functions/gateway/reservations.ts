@@ -18,7 +18,7 @@
 // Money is exact as before: each request is settled or voided against its own hold.
 
 import { toHex } from '../_shared/keys.ts'
-import type { Caller } from './auth.ts'
+import type { Caller } from './identity.ts'
 import { describe, inBackground } from './background.ts'
 import { config } from './config.ts'
 import { call } from './db.ts'

@@ -4,7 +4,7 @@
 
 import { createRoute } from '@hono/zod-openapi'
 import { hashKey, isWellFormedKey, toHex } from '../../_shared/keys.ts'
-import { caller, callerArgs } from '../auth.ts'
+import { caller, callerArgs } from '../identity.ts'
 import { call, callText } from '../db.ts'
 import { changesAdmission } from '../reservations.ts'
 import { ApiError } from '../errors.ts'

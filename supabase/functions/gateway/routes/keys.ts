@@ -2,7 +2,7 @@
 // rotate, delete. SQL scopes every key_id to the caller's account: another account's key is a 404.
 
 import { createRoute } from '@hono/zod-openapi'
-import { caller, callerArgs } from '../auth.ts'
+import { caller, callerArgs } from '../identity.ts'
 import { callText } from '../db.ts'
 import { changesAdmission } from '../reservations.ts'
 import * as s from '../schemas.ts'

@@ -2,7 +2,7 @@
 // that authenticates the key (read for GETs, write for changes) and returns the body.
 
 import { createRoute } from '@hono/zod-openapi'
-import { caller, callerArgs } from '../auth.ts'
+import { caller, callerArgs } from '../identity.ts'
 import { callText, type SqlFunction } from '../db.ts'
 import { changesAdmission } from '../reservations.ts'
 import * as s from '../schemas.ts'

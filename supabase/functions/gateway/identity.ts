@@ -1,7 +1,7 @@
-// Who is calling: the presented gateway key (checked for shape and checksum here, so a missing or
-// mistyped key is a 401 that costs no query), the client's address and the referrer host. The
-// rules themselves (active, expiry, IP allowlist, referrer rule, permission) are enforced in SQL,
-// which receives only the key's SHA-256.
+// The caller's identity as the request presents it: the gateway key (checked for shape and checksum
+// here, so a missing or mistyped key is a 401 that costs no query), the client's address and the
+// referrer host. Whether that identity may do anything (active, expiry, IP allowlist, referrer
+// rule, permission) is decided in SQL, which receives only the key's SHA-256.
 //
 // Client address: Supabase's edge (and scripts/serve-functions.ts locally) APPENDS the address it
 // received the connection from to X-Forwarded-For, so only the LAST entry is trustworthy; earlier
@@ -72,7 +72,7 @@ export function referrerHost(c: Context): string | null {
   return null
 }
 
-/** Authenticates nothing by itself: gathers what SQL needs to authenticate the caller. */
+/** The caller's identity: what SQL needs to authenticate and authorize the request. */
 export function caller(c: Context): Caller {
   const key = presentedKey(c)
   return { keyHash: hashKey(key), ip: clientIp(c), referrer: referrerHost(c) }
