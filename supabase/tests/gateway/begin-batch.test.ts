@@ -1,5 +1,5 @@
 // Concurrent admissions: requests that arrive while admission calls are in flight are admitted
-// together by one `begin_requests` call (metering.ts). Whatever the batching, each request gets
+// together by one `begin_requests` call (admission.ts). Whatever the batching, each request gets
 // exactly the decision it would get alone: limits and credits admit exactly as many as they allow,
 // the refused ones never reach upstream, and an element the database rejects fails alone.
 
@@ -74,18 +74,19 @@ test('concurrent admissions go in batches and each request gets its own exact de
 })
 
 test('an element the database rejects fails alone: the rest of its batch is admitted', async () => {
-  // metering.ts directly (its own pool, as the function's), against the real database.
+  // admission.ts directly (its own pool, as the function's), against the real database.
   Deno.env.set('SUPABASE_DB_URL', DB_URL)
   // Eight admissions of one caller would make it busy enough for reserved admissions
   // (reservations.ts), which are not what this test is about.
   Deno.env.set('GATEWAY_RESERVE_ADMISSIONS', '0')
-  const { begin, voidHold } = await import('../../functions/gateway/metering.ts')
+  const { begin } = await import('../../functions/gateway/admission.ts')
+  const { voidHold } = await import('../../functions/gateway/settlement.ts')
   const { hashKey } = await import('../../functions/_shared/keys.ts')
   const a = await newAccount(100_000, 'beginbatch')
   const who = { keyHash: hashKey(a.key), ip: '127.0.0.1', referrer: null }
 
   // max_tokens 0 makes begin_request raise (the HTTP route refuses it before SQL): in a batch it
-  // aborts the whole call, and metering.ts then admits each element alone.
+  // aborts the whole call, and batcher.ts then admits each element alone.
   const attempts = await Promise.allSettled(
     [8, 8, 8, 0, 8, 8, 8, 8].map((max) => begin(who, 'openai/gpt-4o-mini', max, 10)),
   )

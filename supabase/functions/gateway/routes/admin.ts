@@ -6,7 +6,6 @@ import { createRoute } from '@hono/zod-openapi'
 import { hashKey, isWellFormedKey, toHex } from '../../_shared/keys.ts'
 import { caller, callerArgs } from '../identity.ts'
 import { call, callText } from '../db.ts'
-import { changesAdmission } from '../reservations.ts'
 import { ApiError } from '../errors.ts'
 import { cacheMeta, describeCache, heldCatalog, modelCount, refresh } from '../models-cache.ts'
 import * as s from '../schemas.ts'
@@ -116,7 +115,7 @@ handle(
     const who = await caller(c)
     const t = await target(b, b.scope)
     return jsonText(
-      await changesAdmission(callText('admin_set_limits', [...callerArgs(who), t, b.rate_limits])),
+      await callText('admin_set_limits', [...callerArgs(who), t, b.rate_limits]),
     )
   },
 )
