@@ -55,7 +55,7 @@ export async function claim(
 /**
  * Stores the answer for replays, or (response null) releases the key so a retry runs anew. Await it
  * before answering: a retry sent the moment the answer arrives must find it stored, not "still
- * running" (a 409; found by supabase/tests/reliability/idempotency.test.ts). Never rejects.
+ * running" (a 409; found by supabase/tests/http/idempotency.test.ts). Never rejects.
  */
 export function complete(
   who: Caller,
