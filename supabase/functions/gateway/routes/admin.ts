@@ -128,7 +128,7 @@ handle(
     tags: ['admin'],
     summary: 'Refresh the model catalog from upstream now',
     security: BEARER,
-    responses: { ...ok('Refreshed', s.CacheStatus), ...errors(401, 403, 429, 503) },
+    responses: { ...ok('Refreshed', s.ModelsRefreshed), ...errors(401, 403, 429, 503) },
   }),
   async (c) => {
     await call('admin_authorize', callerArgs(await caller(c)))
