@@ -97,7 +97,11 @@ if wants pgtap; then
   pg_prove -h 127.0.0.1 -p 54322 -U postgres -d postgres --verbose --nocolor "${sql_tests[@]}" \
     >"$out/pgtap.tap" 2>&1
   rc=$?
-  grep -E '^(not ok|#|[^ ].*\.sql \.+|Result|Files=|Failed)' "$out/pgtap.tap"
+  # On screen: a line per file, and whatever did not pass with its diagnostics.
+  awk '/\.sql \.+ ?$/ { file = $1; next }
+       /^ok$/ { print file " .. ok"; next }
+       /^(Failed|Dubious)/ { print file " .. " $0; next }
+       /^(not ok|#|Parse errors|Files=|Result)/ { print }' "$out/pgtap.tap"
   count pgTAP tap "$out/pgtap.tap" "$rc"
 fi
 
