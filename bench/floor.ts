@@ -7,23 +7,30 @@
 //   + query     + one postgres.js round trip (`select $1`) before forwarding
 //   + admission + `gateway.begin_request` instead of that query (the real SQL admission, as the
 //               gateway's role), the settle afterwards in background: a gateway with nothing else
-//   gw, no rsv  the function itself, served as the benchmark serves it (bench/procs.ts), with
-//               reserved admissions off (GATEWAY_RESERVE_ADMISSIONS=0): every request waits for its
-//               admission, as before they existed
+//   gw, no rsv  the function itself, served as the benchmark serves it (supabase/tests/lib/
+//               procs.ts), with reserved admissions off (GATEWAY_RESERVE_ADMISSIONS=0): every
+//               request waits for its admission, as before they existed
 //   gateway     the function as it runs by default
 //
 // plus the median sequential round trips of `select 1`, `begin_request` and `settle_request` from
-// this process (bench/sql-profile.ts). Needs the local stack (bench/floor.sh starts it).
+// this process (bench/measure.ts). Needs the local stack (bench/floor.sh starts it).
 //
 //   deno run -A bench/floor.ts [--seconds N]
 //   deno run -A bench/floor.ts --serve <proxy|query|admission> <port> <upstream>   (internal)
 
 import postgres from 'postgres'
 import { createHash } from 'node:crypto'
-import { BookKeeper } from './books.ts'
-import { freePort, start, startFunctionsServer, startSimulator, stopAll } from './procs.ts'
+import { newPool } from '../supabase/tests/lib/books.ts'
+import {
+  freePort,
+  start,
+  startFunctions,
+  startSimulator,
+  stopAll,
+  stopOnSignals,
+} from '../supabase/tests/lib/procs.ts'
 import { chatBody } from './scenarios.ts'
-import { roundTrips } from './sql-profile.ts'
+import { roundTrips } from './measure.ts'
 import { wrk } from './wrk.ts'
 
 const ROOT = new URL('../', import.meta.url).pathname
@@ -93,13 +100,21 @@ function serve(layer: Layer, port: number, upstream: string): void {
 }
 
 async function main(seconds: number): Promise<void> {
+  stopOnSignals()
   const tmp = await Deno.makeTempDir({ prefix: 'bench-floor-' })
   const simPort = freePort(54351)
   const sim = `http://127.0.0.1:${simPort}`
   await startSimulator(simPort, `${tmp}/sim.log`)
-  const books = await BookKeeper.connect(DB_URL)
-  const keys = await books.createAccounts(`bench-floor-${Date.now()}`, 64)
-  await books.end()
+  // Accounts as the benchmark makes them: a balance that cannot run out, limits that cannot bite.
+  const sql = postgres(DB_URL, { max: 2, onnotice: () => {} })
+  const run = `bench-floor-${Date.now()}`
+  const pool = await newPool(64, 1, 1_000_000_000_000, run, {
+    environment: 'live',
+    email: (i) => `${run}-${i}@bench.invalid`,
+    sql,
+  })
+  await sql.end()
+  const keys = pool.map((a) => a.keys[0].key)
   const keysFile = `${tmp}/keys.txt`
   await Deno.writeTextFile(keysFile, keys.join('\n') + '\n')
   const bodyFile = `${tmp}/body.json`
@@ -126,7 +141,7 @@ async function main(seconds: number): Promise<void> {
   // it runs by default (a busy caller's requests take admissions reserved ahead).
   for (const [name, reserve] of [['gw, no rsv', '0'], ['gateway', '']]) {
     const fnPort = freePort(54389 + targets.length)
-    await startFunctionsServer({
+    await startFunctions({
       port: fnPort,
       upstream: `${sim}/api/v1`,
       dbUrl: DB_URL,

@@ -7,23 +7,41 @@
 // created for this run. Per cell: reset the simulator's counters, warm up, reset the peak-memory
 // marks and pg_stat_statements, run wrk, let background settles drain, check the books.
 
-import { BookKeeper, type Books, type Statement } from './books.ts'
-import { cpuUse, sampleCpu, speedProbeMs } from './measure.ts'
+import postgres from 'postgres'
 import {
-  connectionPorts,
+  type Books,
+  checkBooks,
+  type Mark,
+  mark,
+  newPool,
+  waitSettled,
+} from '../supabase/tests/lib/books.ts'
+import {
   freePort,
-  peakRssKiB,
   type Proc,
-  resetPeak,
   start,
-  startFunctionsServer,
+  startFunctions,
   startSimulator,
   stopAll,
-} from './procs.ts'
+  stopOnSignals,
+} from '../supabase/tests/lib/procs.ts'
+import {
+  backendPids,
+  connectionPorts,
+  cpuUse,
+  peakRssKiB,
+  resetPeak,
+  resetStatements,
+  sampleCpu,
+  speedProbeMs,
+  type Statement,
+  statements as gatewayStatements,
+  wal,
+} from './measure.ts'
 import { type Cell, cellFromWrk, derive, table } from './report.ts'
 import { chatBody, type Scenario, SCENARIOS } from './scenarios.ts'
-import { summarise } from './cpuprofile.ts'
-import { formatSqlProfile, profileSql, type SqlProfile } from './sql-profile.ts'
+import { summarise } from './probes/cpuprofile.ts'
+import { formatSqlProfile, profileSql, type SqlProfile } from './probes/sql-profile.ts'
 import { wrk } from './wrk.ts'
 
 const ROOT = new URL('../', import.meta.url).pathname
@@ -93,11 +111,16 @@ await Deno.writeTextFile(bodies.stream, chatBody(true))
 const log = (msg: string) => console.error(`\x1b[2m[bench]\x1b[0m ${msg}`)
 const procs: Record<string, Proc> = {}
 const cells: Cell[] = []
-let books: BookKeeper | undefined
+// The operator's connection: accounts for the run, the books, pg_stat_statements. None of its own
+// statements are counted with the gateway's (those run as `gateway_api`).
+let sql: postgres.Sql | undefined
+/** The run's accounts: the books are checked on these only. */
+const accountIds: number[] = []
 const failures: string[] = []
 let profileSummary: unknown
 let gatewayDown: string | null = null
 
+stopOnSignals()
 try {
   // The books match every generation it records (up to 200 000 per cell) to a usage record.
   procs.sim = await startSimulator(SIM_PORT, `${tmp}/sim.log`)
@@ -118,19 +141,23 @@ try {
   }
   let keys: { many: string; hot: string } | undefined
   if (needs('gateway')) {
-    procs.functions = await startFunctionsServer({
+    procs.functions = await startFunctions({
       port: FUNCTIONS_PORT,
       upstream: `${SIM}/api/v1`,
       dbUrl: DB_URL,
       log: `${tmp}/functions.log`,
       denoArgs: opts.profile ? ['--cpu-prof', `--cpu-prof-dir=${tmp}/profile`] : [],
     })
-    books = await BookKeeper.connect(DB_URL)
-    gatewayDown = await books.unavailable()
+    sql = postgres(DB_URL, {
+      max: 2,
+      onnotice: () => {},
+      connection: { application_name: 'bench' },
+    })
+    gatewayDown = await missingSqlApi(sql)
     if (!gatewayDown) {
       log(`creating ${ACCOUNTS} accounts and one hot account for this run`)
-      const many = await books.createAccounts(`bench-${runId}`, ACCOUNTS)
-      const hot = await books.createAccounts(`bench-${runId}-hot`, 1)
+      const many = await benchAccounts(sql, `bench-${runId}`, ACCOUNTS)
+      const hot = await benchAccounts(sql, `bench-${runId}-hot`, 1)
       keys = { many: `${tmp}/keys-many.txt`, hot: `${tmp}/keys-hot.txt` }
       await Deno.writeTextFile(keys.many, many.join('\n') + '\n')
       await Deno.writeTextFile(keys.hot, hot.join('\n') + '\n')
@@ -165,19 +192,19 @@ try {
     }
   }
 } finally {
-  await books?.end()
+  await sql?.end({ timeout: 5 })
   await stopAll()
 }
 
 if (opts.profile) {
   const cpu = await summariseProfiles(`${tmp}/profile`)
-  let sql: SqlProfile | undefined
-  if (books && !gatewayDown) {
+  let sqlProfile: SqlProfile | undefined
+  if (sql && !gatewayDown) {
     log('profiling the request path SQL (one rolled-back transaction)')
-    sql = await profileSql(DB_URL, 2000)
-    console.log(`\n${formatSqlProfile(sql)}`)
+    sqlProfile = await profileSql(DB_URL, 2000)
+    console.log(`\n${formatSqlProfile(sqlProfile)}`)
   }
-  profileSummary = { cpu, sql }
+  profileSummary = { cpu, sql: sqlProfile }
 }
 
 derive(cells)
@@ -259,38 +286,41 @@ async function runCell(s: Scenario, c: number, base: Cell, keysFile?: string): P
   const metered = s.target === 'gateway'
   await quietSimulator()
   await fetch(`${SIM}/__sim/reset`, { method: 'POST' }).then((r) => r.body?.cancel())
-  const mark = metered ? await books!.mark() : undefined
+  const since = metered ? await mark(accountIds, sql) : undefined
 
   await wrk({ ...load, seconds: opts.warmupSeconds })
-  if (metered) await books!.drain(mark!, 30_000)
+  if (metered) await drain(since!)
 
   const measured = Object.values(procs)
   for (const p of measured) resetPeak(p.pid)
-  if (metered) await books!.resetStatements()
+  if (metered) await resetStatements(sql!)
   const backends = async () =>
-    metered ? await books!.backendPids(connectionPorts(procs.functions.pid, PG_PORT)) : []
+    metered ? await backendPids(sql!, connectionPorts(procs.functions.pid, PG_PORT)) : []
   const probe = speedProbeMs()
   const before = sampleCpu(measured, await backends())
-  const walBefore = metered ? await books!.wal() : undefined
+  const walBefore = metered ? await wal(sql!) : undefined
 
   const r = await wrk({ ...load, seconds: opts.seconds })
   const cell: Cell = { ...base, seconds: opts.seconds, probe_ms: probe, ...cellFromWrk(r) }
 
   let statements: { calls: number; top: Statement[] } | undefined
-  let audit: Books | undefined
+  let audit: Books & { ok: boolean } | undefined
   if (metered) {
-    await books!.drain(mark!, 30_000)
-    const wal = await books!.wal()
+    await drain(since!)
+    const walAfter = await wal(sql!)
     const per = (n: number, digits: number) =>
       Math.round((n / Math.max(1, r.requests)) * 10 ** digits) / 10 ** digits
     cell.wal_per_req = {
-      bytes: per(wal.bytes - walBefore!.bytes, 0),
-      records: per(wal.records - walBefore!.records, 1),
-      syncs: per(wal.syncs - walBefore!.syncs, 2),
+      bytes: per(walAfter.bytes - walBefore!.bytes, 0),
+      records: per(walAfter.records - walBefore!.records, 1),
+      syncs: per(walAfter.syncs - walBefore!.syncs, 2),
     }
-    statements = await books!.statements()
+    statements = await gatewayStatements(sql!)
     const sim = await (await fetch(`${SIM}/__sim/stats`)).json()
-    audit = await books!.check(mark!, sim)
+    const books = await checkBooks(accountIds, sim, { since, sql })
+    const bad = Object.keys(sim.chat_by_status).filter((s) => s !== '200')
+    if (bad.length) books.problems.push(`simulator answered ${JSON.stringify(sim.chat_by_status)}`)
+    audit = { ...books, ok: books.problems.length === 0 }
   }
   const cpu = cpuUse(before, sampleCpu(measured, await backends()), r.requests)
   cell.cpu_us_per_req = cpu.perRequest
@@ -304,6 +334,42 @@ async function runCell(s: Scenario, c: number, base: Cell, keysFile?: string): P
   }
   if (audit) cell.books = audit
   return cell
+}
+
+/**
+ * Waits for what the load left in flight to finish: settles run after the response (and after a
+ * disconnect, only once OpenRouter's /generation stats appear). Done when no hold is open and
+ * nothing was admitted or closed for half a second.
+ */
+async function drain(since: Mark): Promise<void> {
+  const open = await waitSettled(accountIds, 30_000, { quietMs: 500, sql })
+  if (open) log(`${open} holds still open after 30 s (since hold ${since.holdId})`)
+}
+
+/**
+ * `n` benchmark accounts (`<prefix>-<i>@bench.invalid`): registered the way users do (one key),
+ * with a balance that cannot run out and rate limits that cannot bite. Returns their keys.
+ */
+async function benchAccounts(sql: postgres.Sql, prefix: string, n: number): Promise<string[]> {
+  const pool = await newPool(n, 1, 1_000_000_000_000, prefix, {
+    environment: 'live',
+    email: (i) => `${prefix}-${i}@bench.invalid`,
+    sql,
+  })
+  accountIds.push(...pool.map((a) => a.userId))
+  return pool.map((a) => a.keys[0].key)
+}
+
+/** Null when the SQL API the gateway scenarios need is installed; else what is missing. */
+async function missingSqlApi(sql: postgres.Sql): Promise<string | null> {
+  const needed = ['register', 'add_credits', 'set_rate_limits', 'begin_request', 'settle_request']
+  const rows = await sql<{ proname: string }[]>`
+    select p.proname from pg_proc p where p.pronamespace = 'gateway'::regnamespace::oid
+      and p.proname = any(${needed})`.catch(() => [])
+  const missing = needed.filter((n) => !rows.some((r) => r.proname === n))
+  return missing.length
+    ? `SQL API not installed yet (missing gateway.${missing.join(', gateway.')})`
+    : null
 }
 
 /**

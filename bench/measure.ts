@@ -1,8 +1,13 @@
-// CPU accounting of a cell: what each process of the benchmark used, per request, and how much of
-// the machine something else used meanwhile (this is a shared 2-core box: other people's tests
-// and benchmarks make a cell noisy, and the table says so instead of hiding it).
+// What a cell costs, measured: each process's CPU per request and peak memory (from /proc), how much
+// of the machine something else used meanwhile (this is a shared 2-core box: other people's tests
+// and benchmarks make a cell noisy, and the table says so instead of hiding it), and what the
+// database did for our gateway (pg_stat_statements, WAL). The processes themselves are started by
+// supabase/tests/lib/procs.ts, the books checked by supabase/tests/lib/books.ts.
 
-import { cpuMs, machineBusyMs, type Proc, reapedChildrenMs } from './procs.ts'
+import postgres from 'postgres'
+import { loadAccount } from '../supabase/tests/lib/books.ts'
+import type { Proc } from '../supabase/tests/lib/procs.ts'
+import { MODEL } from './scenarios.ts'
 
 export interface CpuSample {
   at: number
@@ -74,4 +79,203 @@ export function speedProbeMs(): number {
   }
   if (sink < 0) console.log(sink) // keeps the work observable
   return Math.round(best * 100) / 100
+}
+
+// ---- /proc ---------------------------------------------------------------------------------
+
+/** Peak resident set size in KiB since start or the last resetPeak (VmHWM), or null if gone. */
+export function peakRssKiB(pid: number): number | null {
+  try {
+    const status = Deno.readTextFileSync(`/proc/${pid}/status`)
+    const m = /^VmHWM:\s+(\d+) kB/m.exec(status)
+    return m ? Number(m[1]) : null
+  } catch (err) {
+    if (err instanceof Deno.errors.NotFound) return null
+    throw err
+  }
+}
+
+/** Resets VmHWM to the current RSS (`echo 5 > clear_refs`, Linux ≥ 4.0), so a peak is per cell. */
+export function resetPeak(pid: number): void {
+  try {
+    Deno.writeTextFileSync(`/proc/${pid}/clear_refs`, '5')
+  } catch {
+    // Not permitted or gone: the peak then covers the process's whole life, still an upper bound.
+  }
+}
+
+const TICKS_PER_SECOND = 100 // USER_HZ, fixed at 100 on Linux x86-64
+
+/**
+ * CPU time (user + system) in ms of `pid`, or 0 if it is gone; with `reaped`, plus that of its
+ * children that exited and were waited for (Postgres backends that closed during a cell).
+ */
+export function cpuMs(pid: number, reaped = false): number {
+  try {
+    const stat = Deno.readTextFileSync(`/proc/${pid}/stat`)
+    // Fields after the command name (which may contain spaces): utime, stime, cutime, cstime are
+    // fields 14-17 of proc(5), i.e. 11-14 counted from the state field.
+    const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ').map(Number)
+    const ticks = f[11] + f[12] + (reaped ? f[13] + f[14] : 0)
+    return ticks * 1000 / TICKS_PER_SECOND
+  } catch (err) {
+    if (err instanceof Deno.errors.NotFound) return 0
+    throw err
+  }
+}
+
+/** Busy CPU time of the whole machine in ms (all cores; /proc/stat minus idle and iowait). */
+export function machineBusyMs(): number {
+  const [, user, nice, system, , , irq, softirq, steal] = Deno.readTextFileSync('/proc/stat')
+    .split('\n')[0].trim().split(/\s+/).map(Number)
+  return ((user + nice + system + irq + softirq + steal) * 1000) / TICKS_PER_SECOND
+}
+
+/** CPU time of this process's exited, waited-for children (each wrk run, once it has ended). */
+export function reapedChildrenMs(): number {
+  return cpuMs(Deno.pid, true) - cpuMs(Deno.pid)
+}
+
+/**
+ * Local ports of `pid`'s established TCP connections to `remotePort` on loopback: with
+ * pg_stat_activity.client_port they name the Postgres backends serving that process, so the
+ * database's CPU is counted for our gateway only (not for the shared stack or anyone's tests).
+ */
+export function connectionPorts(pid: number, remotePort: number): number[] {
+  const inodes = new Set<string>()
+  for (const fd of Deno.readDirSync(`/proc/${pid}/fd`)) {
+    try {
+      const m = /^socket:\[(\d+)\]$/.exec(Deno.readLinkSync(`/proc/${pid}/fd/${fd.name}`))
+      if (m) inodes.add(m[1])
+    } catch {
+      // Closed while we looked.
+    }
+  }
+  const ports: number[] = []
+  const remote = `:${remotePort.toString(16).toUpperCase().padStart(4, '0')}`
+  for (const line of Deno.readTextFileSync('/proc/net/tcp').split('\n').slice(1)) {
+    const f = line.trim().split(/\s+/)
+    // local_address rem_address st … inode; st 01 = ESTABLISHED
+    if (f.length > 9 && f[2].endsWith(remote) && f[3] === '01' && inodes.has(f[9])) {
+      ports.push(parseInt(f[1].split(':')[1], 16))
+    }
+  }
+  return ports
+}
+
+// ---- the database, as the operator sees it ----------------------------------------------------
+
+export interface Statement {
+  query: string
+  calls: number
+  mean_ms: number
+  total_ms: number
+}
+
+export interface Wal {
+  bytes: number
+  syncs: number
+  records: number
+}
+
+export async function resetStatements(sql: postgres.Sql): Promise<void> {
+  await sql`select extensions.pg_stat_statements_reset()`
+}
+
+/** Top-level statements the gateway (role gateway_api) ran since the reset, and the top few. */
+export async function statements(sql: postgres.Sql): Promise<{ calls: number; top: Statement[] }> {
+  const rows = await sql<{ query: string; calls: string; mean: number; total: number }[]>`
+    select query, calls, mean_exec_time as mean, total_exec_time as total
+      from extensions.pg_stat_statements
+     where userid = 'gateway_api'::regrole
+       and dbid = (select oid from pg_database where datname = current_database())
+     order by total_exec_time desc`
+  return {
+    calls: rows.reduce((s, r) => s + Number(r.calls), 0),
+    top: rows.slice(0, 4).map((r) => ({
+      query: r.query.replace(/\s+/g, ' ').slice(0, 100),
+      calls: Number(r.calls),
+      mean_ms: Math.round(r.mean * 1000) / 1000,
+      total_ms: Math.round(r.total),
+    })),
+  }
+}
+
+/**
+ * The server's WAL counters (pg_stat_wal; the whole server, so others' work adds noise): bytes
+ * and flushes are what a hosted disk's throughput and IOPS budgets are spent on.
+ */
+export async function wal(sql: postgres.Sql): Promise<Wal> {
+  const [w] = await sql<{ bytes: string; syncs: string; records: string }[]>`
+    select wal_bytes as bytes, wal_sync as syncs, wal_records as records from pg_stat_wal`
+  return { bytes: Number(w.bytes), syncs: Number(w.syncs), records: Number(w.records) }
+}
+
+/** The backends serving the connections from these client ports (see connectionPorts). */
+export async function backendPids(sql: postgres.Sql, clientPorts: number[]): Promise<number[]> {
+  if (!clientPorts.length) return []
+  const rows = await sql<{ pid: number }[]>`
+    select pid from pg_stat_activity
+     where client_addr = '127.0.0.1' and client_port = any(${clientPorts})`
+  return rows.map((r) => r.pid)
+}
+
+export interface RoundTrips {
+  calls: number
+  /** Median round trip from this client, ms: `select 1`, then each call committed on its own. */
+  select1_ms: number
+  begin_ms: number
+  settle_ms: number
+}
+
+/**
+ * What the database adds to one request's latency at concurrency 1: median round trips of the two
+ * calls as the gateway makes them (role gateway_api, prepared, each its own transaction, so each
+ * waits for its WAL flush). Uses an account of its own, which stays (like the run's accounts).
+ */
+export async function roundTrips(url: string, calls = 500): Promise<RoundTrips> {
+  const admin = postgres(url, { max: 1, onnotice: () => {} })
+  const api = postgres(url, {
+    max: 1,
+    fetch_types: false,
+    connection: { application_name: 'bench-round-trips', options: '-c role=gateway_api' },
+  })
+  try {
+    const account = await loadAccount(`rtt-${Date.now()}@bench.invalid`, 1e12, {
+      environment: 'live',
+      sql: admin,
+    })
+    const hash = (await admin`select gateway.hash_key(${account.key}) as h`)[0].h
+    const times = { select1: [] as number[], begin: [] as number[], settle: [] as number[] }
+    for (let i = 0; i < calls; i++) {
+      let t = performance.now()
+      await api.unsafe('select 1', [], { prepare: true })
+      times.select1.push(performance.now() - t)
+      t = performance.now()
+      const [{ h }] = await api.unsafe(
+        'select gateway.begin_request($1, $2, $3, $4, $5, $6) as h',
+        [hash, '127.0.0.1', null, MODEL, 8, 9],
+        { prepare: true },
+      )
+      times.begin.push(performance.now() - t)
+      t = performance.now()
+      await api.unsafe(
+        'select gateway.settle_request($1, $2, $3, $4, $5, $6, $7, $8, $9)',
+        [h.hold_id, 'openai/gpt-4o-mini', 9, 4, 0.0000036, 'completed', 2, `gen-rtt-${i}`, 'usage'],
+        { prepare: true },
+      )
+      times.settle.push(performance.now() - t)
+    }
+    const median = (xs: number[]) =>
+      Math.round(xs.sort((a, b) => a - b)[xs.length >> 1] * 1000) / 1000
+    return {
+      calls,
+      select1_ms: median(times.select1),
+      begin_ms: median(times.begin),
+      settle_ms: median(times.settle),
+    }
+  } finally {
+    await api.end({ timeout: 5 })
+    await admin.end({ timeout: 5 })
+  }
 }

@@ -1,7 +1,7 @@
 // The numbers a run produces, derived (added latency, ratio to Portkey) and printed as a table.
 
-import type { Books } from './books.ts'
-import type { Statement } from './books.ts'
+import type { Books } from '../supabase/tests/lib/books.ts'
+import type { Statement } from './measure.ts'
 import { SCENARIOS } from './scenarios.ts'
 import type { WrkResult } from './wrk.ts'
 
@@ -37,7 +37,7 @@ export interface Cell {
   sql_top?: Statement[]
   /** WAL written per request (pg_stat_wal, whole server): bytes, records, flushes. */
   wal_per_req?: { bytes: number; records: number; syncs: number }
-  books?: Books
+  books?: Books & { ok: boolean }
 }
 
 const ms = (us: number) => Math.round(us) / 1000

@@ -17,5 +17,5 @@ export DB_URL="${DB_URL:-postgresql://postgres:postgres@127.0.0.1:54322/postgres
 STACK_UPSTREAM=simulator bash scripts/stack.sh start >/dev/null
 start=$(date +%s)
 "$ROOT/node_modules/.bin/deno" run -A --unstable-no-legacy-abort \
-  supabase/tests/reliability/soak.ts "$@"
+  supabase/tests/lib/soak.ts "$@"
 echo "soak: $(($(date +%s) - start)) s wall clock"

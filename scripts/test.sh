@@ -1,12 +1,24 @@
 #!/usr/bin/env bash
-# The whole test suite (README's second command; .ci/run calls it).
+# The whole test suite (README's second command; .ci/run calls it), or some of its steps:
 #
-# Brings the local stack up with the simulated upstream, then runs, in order: pgTAP (pg_prove over
-# supabase/tests/**/*.test.sql), deno test, a scan of the function's log for secrets, deno lint,
-# deno fmt --check, deno check, supabase db lint (over the schemas we own: pgTAP's own functions in
-# `extensions` fail plpgsql_check), supabase db advisors, and the drift check (supabase/schemas and
-# supabase/migrations build the same database: scripts/drift-check.sh). Every step runs even if an
-# earlier one failed; the last line is "N passed, N failed" over tests and checks together, and the
+#   bash scripts/test.sh                  every step, in this order
+#   bash scripts/test.sh unit http        only these (deno task test:unit, test:http, … run one)
+#
+#   unit          Deno, supabase/tests/unit/ and the simulator's own tests: nothing started, no stack
+#   pgtap         pg_prove over supabase/tests/database/*.test.sql
+#   http          Deno, supabase/tests/http/: against the local stack (with the simulator)
+#   reliability   Deno, supabase/tests/reliability/: restarts the local Postgres, kills a functions
+#                 server; run last of the tests and on its own, so no other test meets the restart
+#   logs          the function's log holds no key, upstream key or prompt
+#   lint fmt check db-lint advisors   deno lint, deno fmt --check, deno check, supabase db lint
+#                 (over the schemas we own: pgTAP's own functions in `extensions` fail
+#                 plpgsql_check) and supabase db advisors
+#   drift         supabase/schemas and supabase/migrations build the same database
+#                 (scripts/drift-check.sh: two throwaway clusters, no stack needed)
+#
+# Each Deno tier is its own `deno test` run. Results are counted from what the runners write for
+# machines (Deno's JUnit XML, pg_prove's TAP; scripts/results.ts), each other check counts as one.
+# Every step runs even if an earlier one failed; the last line is "N passed, N failed", and the
 # exit code is non-zero on any failure.
 set -uo pipefail
 
@@ -16,18 +28,15 @@ export DB_URL="postgresql://postgres:postgres@127.0.0.1:54322/postgres"
 export GATEWAY_URL="http://127.0.0.1:54321/functions/v1/gateway"
 export SIM_URL="http://127.0.0.1:54340"
 export PGPASSWORD=postgres
-export PGDATA=$(bash scripts/stack.sh pgdata)
 DENO="$ROOT/node_modules/.bin/deno"
+ALL=(unit pgtap http reliability logs lint fmt check db-lint advisors drift)
 
-# The docs pages are rendered in Debian's Chromium (headless, no network) by a Deno test.
-if ! command -v chromium >/dev/null; then
-  echo "[test] installing chromium for the docs rendering test" >&2
-  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; } >/dev/null ||
-    echo "[test] could not install chromium; the docs rendering test will fail" >&2
-fi
-
-# Tests assert exact charges against the simulator, never against a real upstream.
-STACK_UPSTREAM=simulator bash scripts/stack.sh start >/dev/null || { echo "0 passed, 1 failed"; exit 1; }
+steps=("$@")
+((${#steps[@]})) || steps=("${ALL[@]}")
+for s in "${steps[@]}"; do
+  [[ " ${ALL[*]} " == *" $s "* ]] || { echo "unknown step: $s (steps: ${ALL[*]})" >&2; exit 2; }
+done
+wants() { [[ " ${steps[*]} " == *" $1 "* ]]; }
 
 passed=0 failed=0 failures=()
 out=$(mktemp -d)
@@ -40,41 +49,79 @@ check() { # check NAME CMD...: a check counts as one test
   if "$@"; then passed=$((passed + 1)); else failed=$((failed + 1)); failures+=("$name"); fi
 }
 
-section "pgTAP (pg_prove)"
-mapfile -t sql_tests < <(find supabase/tests -name '*.test.sql' | sort)
-if ((${#sql_tests[@]})); then
-  pg_prove -h 127.0.0.1 -p 54322 -U postgres -d postgres --failures "${sql_tests[@]}" 2>&1 | tee "$out/pgtap"
-  rc=${PIPESTATUS[0]}
-  total=$(grep -oE 'Tests=[0-9]+' "$out/pgtap" | tail -1 | cut -d= -f2)
-  # A failing file adds its failed assertions, or 1 when it failed without any (it crashed, or ran
-  # fewer tests than planned): pg_prove's summary has one "(Wstat: … Tests: T Failed: F)" line each.
-  bad=$(grep -oE 'Tests: [0-9]+ Failed: [0-9]+\)' "$out/pgtap" | awk '{s += ($4 + 0 > 0 ? $4 + 0 : 1)} END {print s+0}')
-  total=${total:-0}
-  if [ "$rc" -ne 0 ] && [ "$bad" -eq 0 ]; then bad=1; failures+=("pg_prove exited $rc"); fi
-  ((bad > 0)) && failures+=("pgTAP: $bad failing assertion(s)")
-  passed=$((passed + total - (bad < total ? bad : total))); failed=$((failed + bad))
+# count NAME FORMAT FILE RC: adds a runner's results (scripts/results.ts) to the totals. A runner
+# that failed without a failing test in its report (a module that did not load, a crash) is one.
+count() {
+  local name=$1 format=$2 file=$3 rc=$4 p f
+  local report
+  report=$("$DENO" run --allow-read scripts/results.ts "$format" "$file")
+  read -r p f <<<"$(head -1 <<<"$report")"
+  if [ "$rc" -ne 0 ] && [ "$f" -eq 0 ]; then f=1; failures+=("$name: exited $rc"); fi
+  while IFS= read -r line; do [ -n "$line" ] && failures+=("$name: $line"); done < <(tail -n +2 <<<"$report")
+  echo "[$name] $p passed, $f failed"
+  passed=$((passed + p)); failed=$((failed + f))
+}
+
+# deno_tier NAME DIR…: one `deno test` run, its JUnit report counted.
+deno_tier() {
+  local name=$1; shift
+  section "deno test: $name"
+  "$DENO" test -A --unstable-no-legacy-abort --junit-path="$out/$name.xml" "$@"
+  count "$name" junit "$out/$name.xml" $?
+}
+
+# Nothing of the stack is needed to start with: the unit tier runs first, before anything starts.
+wants unit && deno_tier unit supabase/tests/unit/ tools/openrouter-sim/
+
+needs_stack=0
+for s in pgtap http reliability logs db-lint advisors; do wants "$s" && needs_stack=1; done
+if ((needs_stack)); then
+  # The docs pages are rendered in Debian's Chromium (headless, no network) by an HTTP test.
+  if wants http && ! command -v chromium >/dev/null; then
+    echo "[test] installing chromium for the docs rendering test" >&2
+    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; } >/dev/null ||
+      echo "[test] could not install chromium; the docs rendering test will fail" >&2
+  fi
+  # Tests assert exact charges against the simulator, never against a real upstream.
+  if ! STACK_UPSTREAM=simulator bash scripts/stack.sh start >/dev/null; then
+    echo "the local stack did not start"
+    echo "$passed passed, $((failed + 1)) failed"
+    exit 1
+  fi
+  PGDATA=$(bash scripts/stack.sh pgdata)
+  export PGDATA
 fi
 
-section "deno test"
-"$DENO" test -A --unstable-no-legacy-abort 2>&1 | tee "$out/deno"
-rc=${PIPESTATUS[0]}
-# Deno colours its summary line even into a pipe: strip the colour before matching it.
-line=$(sed 's/\x1b\[[0-9;]*m//g' "$out/deno" | grep -E '^(ok|FAILED) \| ' | tail -1)
-dp=$(sed -nE 's/.*\| ([0-9]+) passed.*/\1/p' <<<"$line"); df=$(sed -nE 's/.*\| ([0-9]+) failed.*/\1/p' <<<"$line")
-dp=${dp:-0} df=${df:-0}
-if [ "$rc" -ne 0 ] && [ "$df" -eq 0 ]; then df=1; fi
-((df > 0)) && failures+=("deno test: $df failing")
-passed=$((passed + dp)); failed=$((failed + df))
+if wants pgtap; then
+  section "pgTAP (pg_prove)"
+  mapfile -t sql_tests < <(find supabase/tests -name '*.test.sql' | sort)
+  # --verbose passes each file's TAP through; it is counted from there, not from the summary.
+  pg_prove -h 127.0.0.1 -p 54322 -U postgres -d postgres --verbose --nocolor "${sql_tests[@]}" \
+    >"$out/pgtap.tap" 2>&1
+  rc=$?
+  # On screen: a line per file, and whatever did not pass with its diagnostics.
+  awk '/\.sql \.+ ?$/ { file = $1; next }
+       /^ok$/ { print file " .. ok"; next }
+       /^(Failed|Dubious)/ { print file " .. " $0; next }
+       /^(not ok|#|Parse errors|Files=|Result)/ { print }' "$out/pgtap.tap"
+  count pgTAP tap "$out/pgtap.tap" "$rc"
+fi
+
+wants http && deno_tier http supabase/tests/http/
+# Last of the tests, alone: these take the shared Postgres down for a moment.
+wants reliability && deno_tier reliability supabase/tests/reliability/
 
 # Everything the suite sent through the function is in its log now: no key, upstream key or prompt.
-check "function logs hold no secret" "$DENO" run -A supabase/tests/reliability/scan-logs.ts \
+wants logs && check "function logs hold no secret" "$DENO" run -A supabase/tests/lib/scan-logs.ts \
   .local/functions.log
-check "deno lint" "$DENO" lint
-check "deno fmt --check" "$DENO" fmt --check
-check "deno check" "$DENO" check
-check "supabase db lint" npx --no-install supabase db lint --db-url "$DB_URL" --schema gateway,public --level warning --fail-on error
-check "supabase db advisors" npx --no-install supabase db advisors --db-url "$DB_URL" --fail-on warn
-check "drift check: supabase/schemas = supabase/migrations" bash scripts/drift-check.sh
+wants lint && check "deno lint" "$DENO" lint
+wants fmt && check "deno fmt --check" "$DENO" fmt --check
+wants check && check "deno check" "$DENO" check
+wants db-lint && check "supabase db lint" npx --no-install supabase db lint --db-url "$DB_URL" \
+  --schema gateway,public --level warning --fail-on error
+wants advisors && check "supabase db advisors" npx --no-install supabase db advisors \
+  --db-url "$DB_URL" --fail-on warn
+wants drift && check "drift check: supabase/schemas = supabase/migrations" bash scripts/drift-check.sh
 
 section "summary"
 for f in "${failures[@]}"; do echo "FAILED: $f"; done

@@ -1,8 +1,8 @@
 // Batching by the rhythm of the database rather than a timer, for admissions and settles alike
-// (metering.ts): while fewer than `maxCalls` calls are in flight an item goes at once; items that
-// arrive meanwhile queue, and the next call takes all of them (up to `maxBatch`). At concurrency 1
-// nothing queues and nothing waits; under load many items share one round trip, one transaction and
-// one commit.
+// (admission.ts, settlement.ts): while fewer than `maxCalls` calls are in flight an item goes at
+// once; items that arrive meanwhile queue, and the next call takes all of them (up to `maxBatch`).
+// At concurrency 1 nothing queues and nothing waits; under load many items share one round trip,
+// one transaction and one commit.
 //
 // A batch runs in one transaction, so one element SQL cannot process (an error, not a refusal)
 // aborts all of it: the elements are then sent one by one, so that only that one fails. An

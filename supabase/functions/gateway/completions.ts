@@ -3,7 +3,7 @@
 // `gateway_usage` added, settling exactly once. Upstream failures become OpenAI-style errors; the
 // hold is voided when nothing was generated, and settled for what was generated otherwise.
 
-import type { Caller } from './auth.ts'
+import { begin } from './admission.ts'
 import {
   type ChatCompletionRequest,
   estimatePromptTokens,
@@ -13,18 +13,14 @@ import {
 } from './chat-request.ts'
 import { config } from './config.ts'
 import { ApiError } from './errors.ts'
+import { appendMember, charge, gatewayUsageJson } from './gateway-usage.ts'
+import type { Hold, Usage } from './hold.ts'
+import type { Caller } from './identity.ts'
 import type { LogFields } from './log.ts'
-import {
-  begin,
-  charge,
-  type Hold,
-  rateLimitHeaders,
-  settle,
-  settleWithoutUsage,
-  type Usage,
-  voidHold,
-} from './metering.ts'
-import { appendMember, gatewayUsageJson, MeteredStream } from './sse.ts'
+import { settleWithoutUsage } from './recovery.ts'
+import { rateLimitHeaders } from './refusals.ts'
+import { settle, voidHold } from './settlement.ts'
+import { MeteredStream } from './sse.ts'
 import {
   postChat,
   upstreamError,

@@ -4,7 +4,7 @@
 // DUPLICATE of SQL's `gateway.credits_for` (latest definition: migration
 // 20261125153547_lean_request_path, the same formula since 20261125135251), the one
 // definition settle_request charges by: ceil(prompt × prompt multiplier + completion × completion
-// multiplier), in exact decimal arithmetic. supabase/tests/gateway/credits.test.ts checks that this
+// multiplier), in exact decimal arithmetic. supabase/tests/http/credits.test.ts checks that this
 // equals what settle_request charges over random token counts and multipliers; change both together.
 //
 // The multipliers arrive as decimal text (begin_request's `prompt_multiplier`/`completion_multiplier`,

@@ -10,38 +10,59 @@ import postgres from 'postgres'
 import { config } from './config.ts'
 import { ApiError, fromDbError } from './errors.ts'
 
+/**
+ * What the gateway must know of an SQL function it calls. `changesAdmission`: a successful call
+ * changes what admission decides for later requests (a key's state, fences or limits, an account's),
+ * so what this isolate admitted ahead for them is given back (onAdmissionChange, reservations.ts).
+ */
+interface SqlFunctionSpec {
+  changesAdmission?: true
+}
+
+const CHANGES_ADMISSION: SqlFunctionSpec = { changesAdmission: true }
+
 /** The SQL functions the gateway may call (all in schema `gateway`). */
-export type SqlFunction =
-  | 'health'
-  | 'register'
-  | 'user_balance'
-  | 'user_monitor'
-  | 'user_limits'
-  | 'user_profile'
-  | 'update_profile'
-  | 'delete_account'
-  | 'create_key'
-  | 'list_keys'
-  | 'update_key'
-  | 'rotate_key'
-  | 'delete_key'
-  | 'key_usage'
-  | 'admin_add_credits'
-  | 'admin_balances'
-  | 'admin_monitor'
-  | 'admin_set_limits'
-  | 'admin_authorize'
-  | 'models_cache'
-  | 'store_models_cache'
-  | 'begin_request'
-  | 'begin_requests'
-  | 'settle_request'
-  | 'settle_requests'
-  | 'void_request'
-  | 'reserve_admissions'
-  | 'cancel_admissions'
-  | 'idempotency_begin'
-  | 'idempotency_complete'
+const FUNCTIONS = {
+  health: {},
+  register: {},
+  user_balance: {},
+  user_monitor: {},
+  user_limits: {},
+  user_profile: {},
+  update_profile: {},
+  delete_account: CHANGES_ADMISSION,
+  create_key: {},
+  list_keys: {},
+  update_key: CHANGES_ADMISSION,
+  rotate_key: CHANGES_ADMISSION,
+  delete_key: CHANGES_ADMISSION,
+  key_usage: {},
+  admin_add_credits: {},
+  admin_balances: {},
+  admin_monitor: {},
+  admin_set_limits: CHANGES_ADMISSION,
+  admin_authorize: {},
+  models_cache: {},
+  store_models_cache: {},
+  begin_request: {},
+  begin_requests: {},
+  settle_request: {},
+  settle_requests: {},
+  void_request: {},
+  reserve_admissions: {},
+  cancel_admissions: {},
+  idempotency_begin: {},
+  idempotency_complete: {},
+} satisfies Record<string, SqlFunctionSpec>
+
+export type SqlFunction = keyof typeof FUNCTIONS
+
+const admissionListeners: (() => void)[] = []
+
+/** `listener` runs after every successful call of a function that changes admission. */
+export function onAdmissionChange(listener: () => void): void {
+  admissionListeners.push(listener)
+}
 
 /**
  * A parameter: bytea as Uint8Array; jsonb as the value itself (postgres.js serialises it once, by
@@ -110,6 +131,9 @@ async function run(fn: SqlFunction, args: SqlArg[], asText: boolean): Promise<un
     try {
       // deno-lint-ignore no-explicit-any -- postgres.js types parameters loosely
       const rows = await sql().unsafe(text, values as any[])
+      if ((FUNCTIONS[fn] as SqlFunctionSpec).changesAdmission) {
+        for (const listener of admissionListeners) listener()
+      }
       return rows[0]?.r ?? null
     } catch (err) {
       const code = (err as { code?: unknown })?.code

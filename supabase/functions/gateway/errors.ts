@@ -93,7 +93,7 @@ const SQLSTATE: Record<string, [ContentfulStatusCode, string]> = {
 // 22P05), an unpaired UTF-16 surrogate escape in JSON (22P02), a number out of range (22003), JSON
 // nested deeper than the server's stack allows (54001). The client's input, so a 400 — never a 500 —
 // and never Postgres's own message, which quotes the value. (Found by
-// supabase/tests/reliability/bad-input-every-route.test.ts: any string with "\u0000" was a 500.)
+// supabase/tests/http/bad-input-every-route.test.ts: any string with "\u0000" was a 500.)
 const INVALID_VALUE: Record<string, string> = {
   '22021': 'The request contains a character that cannot be stored (such as NUL)',
   '22P05': 'The request contains a character that cannot be stored (such as NUL)',

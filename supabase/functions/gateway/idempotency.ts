@@ -4,8 +4,8 @@
 // Costs one extra SQL call, only for requests that send the header. A stream cannot be replayed,
 // so the header is refused there rather than silently ignored.
 
-import type { Caller } from './auth.ts'
-import { callerArgs } from './auth.ts'
+import type { Caller } from './identity.ts'
+import { callerArgs } from './identity.ts'
 import { inBackground } from './background.ts'
 import { call } from './db.ts'
 import { ApiError } from './errors.ts'
@@ -55,7 +55,7 @@ export async function claim(
 /**
  * Stores the answer for replays, or (response null) releases the key so a retry runs anew. Await it
  * before answering: a retry sent the moment the answer arrives must find it stored, not "still
- * running" (a 409; found by supabase/tests/reliability/idempotency.test.ts). Never rejects.
+ * running" (a 409; found by supabase/tests/http/idempotency.test.ts). Never rejects.
  */
 export function complete(
   who: Caller,

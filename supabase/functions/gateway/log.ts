@@ -11,7 +11,8 @@ export type LogFields = Record<string, string | number | boolean | null | undefi
 
 // Some fields carry client text (the model a client asked for). A client that pastes its key there by
 // mistake must not get it logged: anything key-shaped in a string field is cut to its display prefix.
-// (Found by supabase/tests/reliability: a fuzzed model name shaped like a key reached the log.)
+// (Found by supabase/tests/http/bad-input-every-route.test.ts: a fuzzed model name shaped like a key
+// reached the log.)
 function scrubbed(fields: LogFields): LogFields {
   let out = fields
   for (const name in fields) {

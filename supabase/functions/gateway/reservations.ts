@@ -13,17 +13,18 @@
 //
 // What it changes for the caller (README, "Reserved admissions"): a revoked key, a changed limit or
 // fence reaches a reserved admission only when it is given back, so up to `reserveMs` late in each
-// isolate (in this isolate, the key and account routes give every reservation back at once); and
-// the windows count reserved admissions from the moment they are reserved (stricter, never looser).
+// isolate (in this isolate, a call db.ts flags as changing admission gives every reservation back
+// at once); and the windows count reserved admissions from the moment they are reserved (stricter,
+// never looser).
 // Money is exact as before: each request is settled or voided against its own hold.
 
 import { toHex } from '../_shared/keys.ts'
-import type { Caller } from './auth.ts'
 import { describe, inBackground } from './background.ts'
 import { config } from './config.ts'
-import { call } from './db.ts'
+import { call, onAdmissionChange } from './db.ts'
+import type { BeginResult, Hold } from './hold.ts'
+import type { Caller } from './identity.ts'
 import { log } from './log.ts'
-import type { BeginResult, Hold } from './metering.ts'
 
 /** What the admissions of one context depend on, besides the prompt estimate. */
 export interface Context {
@@ -140,16 +141,12 @@ export function giveBackAll(why: string): Promise<unknown> {
   return Promise.all([...pools].map(([key, pool]) => giveBack(key, pool, why)))
 }
 
-/**
- * The answer of a call that changes what admission decides (a key's state, fences or limits, an
- * account's): once it succeeds, every reservation of this isolate is given back, so that in this
- * isolate the change applies to the very next request.
- */
-export async function changesAdmission<T>(change: Promise<T>): Promise<T> {
-  const answer = await change
+// A call that changes what admission decides (a key's state, fences or limits, an account's; db.ts
+// flags which): once it succeeds, every reservation of this isolate is given back, so that in this
+// isolate the change applies to the very next request.
+onAdmissionChange(() => {
   giveBackAll('admission changed')
-  return answer
-}
+})
 
 // How busy a context is, counted over windows of four lifetimes (4 s by default): long enough that
 // a caller sending a few requests a second is seen as the steady caller it is.

@@ -33,23 +33,33 @@ export const RateLimits = z.object({
 
 // ---- public ---------------------------------------------------------------------------------
 
+/** The model catalog cache's state (models-cache.ts `describeCache`). */
+const ModelsCache = z.object({
+  status: z.enum(['fresh', 'stale', 'empty']),
+  fetched_at: timestamp.nullable(),
+  age_seconds: z.number().int().nullable(),
+  ttl_seconds: z.number().int().nullable(),
+  upstream_ok: z.boolean(),
+  serving_last_good_copy: z.boolean(),
+  last_error: z.string().nullable(),
+  last_error_at: timestamp.nullable(),
+}).openapi('ModelsCache')
+
 export const Health = z.object({
   status: z.enum(['ok', 'degraded', 'unhealthy']),
   timestamp,
   database: z.string().openapi({ example: 'ok' }),
   upstream: z.object({ simulated: z.boolean(), base_url: z.string() }),
-  models_cache: z.object({
-    status: z.enum(['fresh', 'stale', 'empty']),
-    fetched_at: timestamp.nullable(),
-    upstream_ok: z.boolean(),
-    serving_last_good_copy: z.boolean(),
-    last_error: z.string().nullable(),
-  }),
+  models_cache: ModelsCache.nullable(),
 }).openapi('Health')
 
 export const ModelList = z.object({
   object: z.literal('list'),
-  data: z.array(z.object({ id: z.string(), name: z.string().optional() })),
+  data: z.array(
+    z.looseObject({ id: z.string(), name: z.string().optional() }).openapi({
+      description: "OpenRouter's model object, passed on as OpenRouter sends it",
+    }),
+  ),
 }).openapi('ModelList')
 
 const PriceRange = z.object({ min: z.number().nullable(), max: z.number().nullable() })
@@ -118,11 +128,22 @@ export const UserMonitor = z.object({
   rate_limits: RateLimits,
 }).openapi('UserMonitor')
 
+const windowUsage = z.record(z.string(), z.number()).openapi({
+  example: { requests_this_minute: 3, tokens_this_minute: 420 },
+})
+
 export const UserLimits = z.object({
   user_id: id,
+  key_id: id,
   rate_limits: RateLimits,
-  key_rate_limits: RateLimits.nullable(),
-  usage: z.record(z.string(), z.number()),
+  // A union rather than RateLimits.nullable(): the latter is published as allOf [RateLimits,
+  // object|null], which admits no null.
+  key_rate_limits: z.union([RateLimits, z.null()]).openapi({
+    description: "This key's own limits, or null when it has none",
+  }),
+  usage: windowUsage,
+  key_usage: windowUsage.nullable(),
+  reset_seconds: z.object({ minute: z.number(), hour: z.number(), day: z.number() }),
 }).openapi('UserLimits')
 
 export const Profile = z.object({
@@ -133,6 +154,7 @@ export const Profile = z.object({
   company: z.string().nullable(),
   settings: z.record(z.string(), z.unknown()),
   credits: z.number(),
+  is_active: z.boolean(),
   created_at: timestamp,
   updated_at: timestamp,
 }).openapi('Profile')
@@ -186,13 +208,25 @@ export const KeyRotate = z.object({
 
 export const Key = z.object({
   key_id: id,
+  user_id: id.optional().openapi({ description: 'In the create answer' }),
   api_key: z.string().openapi({ description: 'Masked, except once in the create/rotate answer' }),
+  key_prefix: maskedKey,
   key_name: z.string(),
   permissions: z.array(Permission),
   is_active: z.boolean(),
   is_primary: z.boolean(),
   environment_tag: Environment,
+  max_requests: z.number().int().nullable(),
+  requests_used: z.number().int(),
+  expires_at: timestamp.nullable(),
+  allowed_ips: z.array(z.string()),
+  allowed_referrers: z.array(z.string()),
+  previous_key_valid_until: timestamp.nullable().openapi({
+    description: 'Until when the secret before the last rotation still works',
+  }),
   created_at: timestamp,
+  updated_at: timestamp,
+  last_used_at: timestamp.nullable(),
 }).openapi('Key')
 
 export const KeyList = z.object({
@@ -290,13 +324,17 @@ export const AdminBalances = z.object({
   users: z.array(z.object({
     user_id: id,
     email: z.string().nullable(),
+    username: z.string().nullable(),
+    is_active: z.boolean(),
     credits: z.number(),
     held_credits: z.number(),
     keys: z.array(z.object({
       key_id: id,
       api_key: maskedKey,
       key_name: z.string(),
+      permissions: z.array(Permission),
       is_active: z.boolean(),
+      is_primary: z.boolean(),
     })),
   })),
 }).openapi('AdminBalances')
@@ -317,13 +355,21 @@ export const AdminMonitor = z.object({
   }),
   open_holds: z.number(),
   expired_holds_today: z.number(),
-  top_models_today: z.array(z.object({ model: z.string(), requests: z.number() })),
+  top_models_today: z.array(
+    z.object({ model: z.string(), requests: z.number(), tokens: z.number() }),
+  ),
 }).openapi('AdminMonitor')
 
 export const CacheStatus = z.object({
-  models_cache: Health.shape.models_cache,
+  models_cache: ModelsCache,
   models: z.number().int().nullable(),
 }).openapi('CacheStatus')
+
+export const ModelsRefreshed = z.object({
+  status: z.literal('refreshed'),
+  models: z.number().int(),
+  models_cache: ModelsCache,
+}).openapi('ModelsRefreshed')
 
 // ---- chat -----------------------------------------------------------------------------------
 
@@ -335,15 +381,25 @@ export const GatewayUsage = z.object({
   user_api_key: maskedKey,
 }).openapi('GatewayUsage')
 
-export const ChatCompletion = z.object({
+// OpenRouter's completion passed on as it came (whatever members it has), with `gateway_usage` added.
+export const ChatCompletion = z.looseObject({
   id: z.string(),
   object: z.literal('chat.completion'),
+  created: z.number().int(),
   model: z.string(),
-  choices: z.array(z.object({})),
-  usage: z.object({
+  provider: z.string().optional(),
+  choices: z.array(z.looseObject({
+    index: z.number().int(),
+    message: z.looseObject({ role: z.string(), content: z.string().nullable() }),
+    finish_reason: z.string().nullable(),
+  })),
+  usage: z.looseObject({
     prompt_tokens: z.number(),
     completion_tokens: z.number(),
     total_tokens: z.number(),
+    cost: z.number().optional().openapi({ description: "OpenRouter's cost, USD" }),
   }),
   gateway_usage: GatewayUsage,
-}).openapi('ChatCompletion')
+}).openapi('ChatCompletion', {
+  description: "OpenRouter's completion as it came, with the gateway's `gateway_usage` added",
+})

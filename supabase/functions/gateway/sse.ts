@@ -1,8 +1,9 @@
 // A streamed chat completion, metered on its way through. OpenRouter's SSE events are forwarded as
-// they arrive (one complete event at a time; keep-alive comments too), except two that are held
-// back: the usage chunk (`choices: []`, `usage`) and `data: [DONE]`. When upstream ends, the hold is
-// settled from that usage (in background) and the usage chunk goes out at once with `gateway_usage`
-// added (the charge that settle makes, computed from the hold: metering.ts `charge`), then [DONE].
+// they arrive (one complete event at a time, sse-events.ts; keep-alive comments too), except two that
+// are held back: the usage chunk (`choices: []`, `usage`) and `data: [DONE]`. When upstream ends, the
+// hold is settled from that usage (in background) and the usage chunk goes out at once with
+// `gateway_usage` added (the charge that settle makes, computed from the hold: gateway-usage.ts),
+// then [DONE].
 //
 // The stream is pull-based (highWaterMark 0): upstream is read only as fast as the client reads.
 // If the client goes away, `cancel` aborts upstream (stops spending) and settles in background from
@@ -10,14 +11,11 @@
 // broken upstream stream (cut, malformed event, idle too long) ends with an OpenAI-style error event
 // and is settled the same way. Exactly one settle or none is started per stream (`#finished`).
 
-import {
-  charge,
-  type Hold,
-  type Outcome,
-  settle,
-  settleWithoutUsage,
-  type Usage,
-} from './metering.ts'
+import { appendMember, charge, gatewayUsageJson } from './gateway-usage.ts'
+import type { Hold, Outcome, Usage } from './hold.ts'
+import { settleWithoutUsage } from './recovery.ts'
+import { settle } from './settlement.ts'
+import { MalformedEvent, UpstreamEvents } from './sse-events.ts'
 import type { UpstreamCall } from './upstream.ts'
 
 export interface StreamMeta {
@@ -31,64 +29,29 @@ export interface StreamMeta {
   idleTimeoutMs: number
 }
 
-interface UpstreamUsage {
-  prompt_tokens?: number
-  completion_tokens?: number
-  cost?: number
-}
-
 const encoder = new TextEncoder()
 const DONE = 'data: [DONE]\n\n'
 
-class MalformedEvent extends Error {
-  override name = 'MalformedEvent'
-}
 class IdleTimeout extends Error {
   override name = 'IdleTimeout'
-}
-
-/** Inserts `"name": valueJson` as the last member of the JSON object text `objectJson`. */
-export function appendMember(objectJson: string, name: string, valueJson: string): string {
-  const end = objectJson.lastIndexOf('}')
-  const head = objectJson.slice(0, end).trimEnd()
-  const sep = head.endsWith('{') ? '' : ','
-  return `${head}${sep}"${name}":${valueJson}}`
-}
-
-export function gatewayUsageJson(
-  charged: number | null | undefined,
-  balanceAfter: number | null | undefined,
-  keyPrefix: string,
-): string {
-  return JSON.stringify({
-    tokens_charged: charged ?? null,
-    user_balance_after: balanceAfter ?? null,
-    user_api_key: keyPrefix,
-  })
 }
 
 function errorEvent(message: string, code: string): string {
   return `data: ${JSON.stringify({ error: { message, type: 'api_error', code, param: null } })}\n\n`
 }
 
-export class MeteredStream {
+/** The client's side of a streamed completion: `readable`, metered as it is read. */
+export class MeteredStream extends UpstreamEvents {
   readonly readable: ReadableStream<Uint8Array>
   readonly #meta: StreamMeta
   readonly #reader: ReadableStreamDefaultReader<Uint8Array>
   readonly #decoder = new TextDecoder()
-  #buffer = ''
   #finished = false
-  #usage: UpstreamUsage | null = null
-  #usageData: string | null = null
-  #model: string | null = null
-  #generationId: string | null
-  #contentChunks = 0
-  #sawError = false
   #idle = false
 
   constructor(upstream: ReadableStream<Uint8Array>, meta: StreamMeta) {
+    super(meta.generationId)
     this.#meta = meta
-    this.#generationId = meta.generationId
     this.#reader = upstream.getReader()
     this.readable = new ReadableStream<Uint8Array>({
       pull: (c) => this.#pull(c),
@@ -103,7 +66,7 @@ export class MeteredStream {
       try {
         read = await this.#read()
         if (read.done) return this.#end(c)
-        out = this.#feed(this.#decoder.decode(read.value, { stream: true }))
+        out = this.feed(this.#decoder.decode(read.value, { stream: true }))
       } catch (err) {
         return this.#fail(c, err)
       }
@@ -129,59 +92,8 @@ export class MeteredStream {
     }
   }
 
-  /** Splits complete events out of the buffer; returns the text to forward now. */
-  #feed(text: string): string {
-    this.#buffer += text
-    if (this.#buffer.includes('\r')) this.#buffer = this.#buffer.replace(/\r\n?/g, '\n')
-    let out = ''
-    let start = 0
-    for (;;) {
-      const end = this.#buffer.indexOf('\n\n', start)
-      if (end < 0) break
-      out += this.#event(this.#buffer.slice(start, end))
-      start = end + 2
-    }
-    this.#buffer = this.#buffer.slice(start)
-    return out
-  }
-
-  /** Inspects one event (without its blank-line terminator); returns what to forward of it. */
-  #event(event: string): string {
-    if (event === '') return ''
-    if (event.startsWith(':') && !event.includes('\ndata:')) return `${event}\n\n`
-    let data = ''
-    for (const line of event.split('\n')) {
-      if (line.startsWith('data:')) {
-        const value = line.charCodeAt(5) === 32 ? line.slice(6) : line.slice(5)
-        data = data ? `${data}\n${value}` : value
-      }
-    }
-    if (data === '') return `${event}\n\n`
-    if (data === '[DONE]') return ''
-    // deno-lint-ignore no-explicit-any -- an OpenRouter chunk; only a few fields are read
-    let chunk: any
-    try {
-      chunk = JSON.parse(data)
-    } catch {
-      throw new MalformedEvent('malformed upstream event')
-    }
-    if (typeof chunk?.id === 'string' && !this.#generationId) this.#generationId = chunk.id
-    if (typeof chunk?.model === 'string') this.#model = chunk.model
-    const delta = chunk?.choices?.[0]?.delta
-    if (delta && (delta.content || delta.reasoning || delta.tool_calls || delta.refusal)) {
-      this.#contentChunks++
-    }
-    if (chunk?.error) this.#sawError = true
-    if (chunk?.usage && typeof chunk.usage === 'object') {
-      this.#usage = chunk.usage
-      this.#usageData = data
-      return ''
-    }
-    return `${event}\n\n`
-  }
-
   #billedModel(): string {
-    return this.#model ?? this.#meta.model
+    return this.model ?? this.#meta.model
   }
 
   #elapsed(): number {
@@ -190,14 +102,14 @@ export class MeteredStream {
 
   /** Settles in background from what is known; the caller has set #finished. */
   #settleKnown(outcome: Outcome): void {
-    const usage = this.#usage
+    const usage = this.usage
     if (usage) {
       settle(this.#meta.hold, {
         model: this.#billedModel(),
         promptTokens: usage.prompt_tokens ?? this.#meta.promptEstimate,
-        completionTokens: usage.completion_tokens ?? this.#contentChunks,
+        completionTokens: usage.completion_tokens ?? this.contentChunks,
         cost: typeof usage.cost === 'number' ? usage.cost : null,
-        generationId: this.#generationId,
+        generationId: this.generationId,
         settledBy: 'usage',
         outcome,
         latencyMs: this.#elapsed(),
@@ -206,9 +118,9 @@ export class MeteredStream {
     }
     settleWithoutUsage(this.#meta.hold, {
       model: this.#billedModel(),
-      generationId: this.#generationId,
+      generationId: this.generationId,
       countedPromptTokens: this.#meta.promptEstimate,
-      countedCompletionTokens: this.#contentChunks,
+      countedCompletionTokens: this.contentChunks,
       outcome,
       latencyMs: this.#elapsed(),
     })
@@ -217,33 +129,28 @@ export class MeteredStream {
   /** Upstream finished: settle from its usage, then send the usage chunk and [DONE]. */
   #end(c: ReadableStreamDefaultController<Uint8Array>): void {
     if (this.#finished) return
-    // A last event without its terminating blank line still counts.
-    let tail = ''
-    const rest = this.#buffer + this.#decoder.decode()
-    this.#buffer = ''
-    if (rest.trim()) {
-      try {
-        tail = this.#event(rest.trim())
-      } catch (err) {
-        return this.#fail(c, err)
-      }
+    let tail: string
+    try {
+      tail = this.flush(this.#decoder.decode())
+    } catch (err) {
+      return this.#fail(c, err)
     }
     this.#finished = true
     this.#meta.call.done()
-    const usage = this.#usage
-    if (!usage || !this.#usageData) {
-      this.#settleKnown(this.#sawError ? 'upstream_error' : 'success')
-      this.#close(c, tail + (this.#sawError ? '' : DONE))
+    const usage = this.usage
+    if (!usage || !this.usageData) {
+      this.#settleKnown(this.sawError ? 'upstream_error' : 'success')
+      this.#close(c, tail + (this.sawError ? '' : DONE))
       return
     }
     const settled: Usage = {
       model: this.#billedModel(),
       promptTokens: usage.prompt_tokens ?? this.#meta.promptEstimate,
-      completionTokens: usage.completion_tokens ?? this.#contentChunks,
+      completionTokens: usage.completion_tokens ?? this.contentChunks,
       cost: typeof usage.cost === 'number' ? usage.cost : null,
-      generationId: this.#generationId,
+      generationId: this.generationId,
       settledBy: 'usage',
-      outcome: this.#sawError ? 'upstream_error' : 'success',
+      outcome: this.sawError ? 'upstream_error' : 'success',
       latencyMs: this.#elapsed(),
     }
     // The usage chunk does not wait for the settle: it reports the charge the settle will make.
@@ -252,7 +159,7 @@ export class MeteredStream {
     const gatewayUsage = gatewayUsageJson(credits, balanceAfter, this.#meta.hold.key_prefix)
     this.#close(
       c,
-      `${tail}data: ${appendMember(this.#usageData, 'gateway_usage', gatewayUsage)}\n\n${DONE}`,
+      `${tail}data: ${appendMember(this.usageData, 'gateway_usage', gatewayUsage)}\n\n${DONE}`,
     )
   }
 

@@ -5,9 +5,10 @@
 // crashed request held is not replayed or re-run meanwhile (409) until it is abandoned.
 
 import assert from 'node:assert/strict'
-import { balance, db, newAccount, test, usageRecords, waitFor } from '../gateway/_helpers.ts'
-import { openHolds, sweepOpenHolds } from './_books.ts'
-import { startFunctions, startOwnSimulator } from './_stack.ts'
+import { balance, newAccount, usageRecords } from '../lib/accounts.ts'
+import { openHolds, sweepOpenHolds } from '../lib/books.ts'
+import { startFunctions, startOwnSimulator } from '../lib/procs.ts'
+import { db, test, waitFor } from '../lib/stack.ts'
 
 test('kill -9 mid-request: the holds stay open, then the sweeper closes and records them', async () => {
   const sim = startOwnSimulator()

@@ -7,7 +7,6 @@
 // connections dropped once. The load runs on our own functions server and simulator.
 
 import assert from 'node:assert/strict'
-import { DB_URL, GATEWAY_URL, test } from '../gateway/_helpers.ts'
 import {
   booksLine,
   checkBooks,
@@ -15,9 +14,10 @@ import {
   type PoolAccount,
   sweepOpenHolds,
   waitSettled,
-} from './_books.ts'
+} from '../lib/books.ts'
+import { startFunctions, startOwnSimulator } from '../lib/procs.ts'
+import { DB_URL, GATEWAY_URL, sleep, test } from '../lib/stack.ts'
 import { cannotRestart, restartPostgres } from './_postgres.ts'
-import { sleep, startFunctions, startOwnSimulator } from './_stack.ts'
 
 interface Sample {
   at: number
@@ -132,7 +132,7 @@ test('Postgres restarted under load: 503 while down, recovers by itself, no admi
       swept = await sweepOpenHolds(ids)
       open = await waitSettled(ids, 1_000)
     }
-    const books = await checkBooks(ids, sim)
+    const books = await checkBooks(ids, sim.stats())
     const retried = fn.logs().filter((l) => /(settle|void)_requests?: retrying/.test(l)).length
     console.log(
       `${booksLine(books)}; ${retried} settle/void attempts retried after meeting the outage; ` +

@@ -4,9 +4,8 @@
 
 import { createRoute } from '@hono/zod-openapi'
 import { hashKey, isWellFormedKey, toHex } from '../../_shared/keys.ts'
-import { caller, callerArgs } from '../auth.ts'
+import { caller, callerArgs } from '../identity.ts'
 import { call, callText } from '../db.ts'
-import { changesAdmission } from '../reservations.ts'
 import { ApiError } from '../errors.ts'
 import { cacheMeta, describeCache, heldCatalog, modelCount, refresh } from '../models-cache.ts'
 import * as s from '../schemas.ts'
@@ -116,7 +115,7 @@ handle(
     const who = await caller(c)
     const t = await target(b, b.scope)
     return jsonText(
-      await changesAdmission(callText('admin_set_limits', [...callerArgs(who), t, b.rate_limits])),
+      await callText('admin_set_limits', [...callerArgs(who), t, b.rate_limits]),
     )
   },
 )
@@ -129,7 +128,7 @@ handle(
     tags: ['admin'],
     summary: 'Refresh the model catalog from upstream now',
     security: BEARER,
-    responses: { ...ok('Refreshed', s.CacheStatus), ...errors(401, 403, 429, 503) },
+    responses: { ...ok('Refreshed', s.ModelsRefreshed), ...errors(401, 403, 429, 503) },
   }),
   async (c) => {
     await call('admin_authorize', callerArgs(await caller(c)))

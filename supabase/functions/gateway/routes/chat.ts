@@ -3,7 +3,7 @@
 // parse the body once, validate it, then completions.ts (one SQL call to admit, one to settle).
 
 import { createRoute } from '@hono/zod-openapi'
-import { caller } from '../auth.ts'
+import { caller } from '../identity.ts'
 import { ChatCompletionRequest } from '../chat-request.ts'
 import { chatCompletion } from '../completions.ts'
 import { config } from '../config.ts'

@@ -2,9 +2,8 @@
 // rotate, delete. SQL scopes every key_id to the caller's account: another account's key is a 404.
 
 import { createRoute } from '@hono/zod-openapi'
-import { caller, callerArgs } from '../auth.ts'
+import { caller, callerArgs } from '../identity.ts'
 import { callText } from '../db.ts'
-import { changesAdmission } from '../reservations.ts'
 import * as s from '../schemas.ts'
 import { BEARER, errors, handle, jsonText, ok, router } from './common.ts'
 
@@ -78,7 +77,7 @@ handle(
     const changes = c.req.valid('json')
     const who = await caller(c)
     return jsonText(
-      await changesAdmission(callText('update_key', [...callerArgs(who), key_id, changes])),
+      await callText('update_key', [...callerArgs(who), key_id, changes]),
     )
   },
 )
@@ -102,7 +101,7 @@ handle(
     const { grace_seconds } = c.req.valid('json')
     const who = await caller(c)
     return jsonText(
-      await changesAdmission(callText('rotate_key', [...callerArgs(who), key_id, grace_seconds])),
+      await callText('rotate_key', [...callerArgs(who), key_id, grace_seconds]),
     )
   },
 )
@@ -121,6 +120,6 @@ handle(
   async (c) => {
     const { key_id } = c.req.valid('param')
     const who = await caller(c)
-    return jsonText(await changesAdmission(callText('delete_key', [...callerArgs(who), key_id])))
+    return jsonText(await callText('delete_key', [...callerArgs(who), key_id]))
   },
 )

@@ -29,7 +29,14 @@ handle(
     path: '/health',
     tags: ['public'],
     summary: 'Health of the gateway, its database and the model catalog cache',
-    responses: { ...ok('Healthy or degraded', s.Health), ...errors(503) },
+    responses: {
+      ...ok('Healthy or degraded', s.Health),
+      ...errors(),
+      503: {
+        description: 'Unhealthy: the database cannot be reached',
+        content: { 'application/json': { schema: s.Health } },
+      },
+    },
   }),
   async () => {
     const timestamp = new Date().toISOString()

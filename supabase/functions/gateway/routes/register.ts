@@ -3,7 +3,7 @@
 // (setting registrations_per_ip_per_hour); a repeated email is a 400.
 
 import { createRoute } from '@hono/zod-openapi'
-import { clientIp } from '../auth.ts'
+import { clientIp } from '../identity.ts'
 import { callText } from '../db.ts'
 import * as s from '../schemas.ts'
 import { errors, handle, jsonText, ok, router } from './common.ts'

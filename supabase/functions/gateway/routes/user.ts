@@ -2,9 +2,8 @@
 // that authenticates the key (read for GETs, write for changes) and returns the body.
 
 import { createRoute } from '@hono/zod-openapi'
-import { caller, callerArgs } from '../auth.ts'
+import { caller, callerArgs } from '../identity.ts'
 import { callText, type SqlFunction } from '../db.ts'
-import { changesAdmission } from '../reservations.ts'
 import * as s from '../schemas.ts'
 import { BEARER, errors, handle, jsonText, ok, router } from './common.ts'
 
@@ -73,6 +72,5 @@ handle(
     security: BEARER,
     responses: { ...ok('Deleted', s.AccountDeleted), ...errors(401, 403, 429) },
   }),
-  async (c) =>
-    jsonText(await changesAdmission(callText('delete_account', callerArgs(await caller(c))))),
+  async (c) => jsonText(await callText('delete_account', callerArgs(await caller(c)))),
 )

@@ -1,0 +1,43 @@
+// Admission's answers as HTTP: a refusal's reason → its status (401/402/403/429) and Retry-After, and
+// the rate windows it reports → the x-ratelimit-* headers OpenAI clients read (on refusals and on
+// admitted requests alike).
+
+import { ApiError } from './errors.ts'
+import type { Limits, Refusal } from './hold.ts'
+
+const REFUSAL_STATUS: Record<string, 401 | 402 | 403 | 429> = {
+  invalid_api_key: 401,
+  key_inactive: 401,
+  key_expired: 401,
+  permission_denied: 403,
+  ip_not_allowed: 403,
+  referrer_not_allowed: 403,
+  key_request_cap: 429,
+  rate_limited: 429,
+  insufficient_credits: 402,
+}
+
+/** The x-ratelimit-* headers OpenAI clients read, from the tightest window of each kind. */
+export function rateLimitHeaders(limits: Limits | undefined): Record<string, string> {
+  const headers: Record<string, string> = {}
+  for (const kind of ['requests', 'tokens'] as const) {
+    const w = limits?.[kind]
+    if (!w) continue
+    if (w.limit != null) headers[`x-ratelimit-limit-${kind}`] = String(w.limit)
+    if (w.remaining != null) {
+      headers[`x-ratelimit-remaining-${kind}`] = String(Math.max(0, w.remaining))
+    }
+    if (w.reset_seconds != null) headers[`x-ratelimit-reset-${kind}`] = `${w.reset_seconds}s`
+  }
+  return headers
+}
+
+/** The error a refused admission is answered with (an unknown reason is a 403). */
+export function refusalError(r: Refusal): ApiError {
+  const status = REFUSAL_STATUS[r.reason] ?? 403
+  const headers = rateLimitHeaders(r.limits)
+  if (status === 429) {
+    headers['retry-after'] = String(Math.max(1, Math.ceil(r.retry_after_seconds ?? 1)))
+  }
+  return new ApiError(status, r.message ?? 'Request refused', { code: r.reason, headers })
+}

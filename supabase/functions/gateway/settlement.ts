@@ -1,0 +1,147 @@
+// Closes a hold exactly once: `settle_request` charges what was generated, `void_request` releases a
+// hold nothing was generated for (docs/SQL-API.md, "The request path"). SQL makes settling idempotent
+// per hold, so a duplicate attempt changes nothing; this module makes sure one attempt happens even
+// when the client is gone or the isolate is about to be recycled (every settle runs in background),
+// and that it lands after a database outage (retries). Under load settles are batched (batcher.ts).
+
+import { describe, inBackground } from './background.ts'
+import { Batcher } from './batcher.ts'
+import { config } from './config.ts'
+import { call } from './db.ts'
+import { ApiError } from './errors.ts'
+import { charge } from './gateway-usage.ts'
+import { type Hold, type Outcome, type SettledBy, tokens, type Usage } from './hold.ts'
+import { log } from './log.ts'
+import * as reservations from './reservations.ts'
+
+export interface Settlement {
+  settled: boolean
+  credits_charged?: number
+  balance_after?: number
+  reason?: string
+}
+
+// A settle that cannot reach the database keeps trying in background for about two minutes (well
+// within the hold timeout, after which the sweeper would release the hold unbilled).
+const RETRY_DELAYS_MS = [100, 500, 2_000, 5_000, 15_000, 30_000, 60_000]
+
+async function withRetries<T>(what: string, attempt: () => Promise<T>): Promise<T> {
+  for (let i = 0;; i++) {
+    try {
+      return await attempt()
+    } catch (err) {
+      // Only an unreachable database is worth retrying; anything else will fail the same way.
+      const retriable = err instanceof ApiError && err.status === 503
+      if (!retriable || i >= RETRY_DELAYS_MS.length) throw err
+      log('warn', `${what}: retrying`, { error: describe(err) })
+      await new Promise((r) => setTimeout(r, RETRY_DELAYS_MS[i]))
+    }
+  }
+}
+
+/** settle_request's arguments, named as settle_requests takes them. */
+interface SettleArgs {
+  hold_id: number
+  model: string
+  prompt_tokens: number
+  completion_tokens: number
+  upstream_cost: number | null
+  status: Outcome
+  latency_ms: number
+  generation_id: string | null
+  settled_by: SettledBy
+}
+
+// Settles are batched (batcher.ts) with one call in flight: under load the commits per request drop
+// from two towards one. At most 100 per call: after a database outage thousands may have queued,
+// and one call would keep every row it settles locked until it commits. A call that cannot reach
+// the database keeps trying (withRetries). With nothing in flight a settle lingers 10 ms for company
+// (GATEWAY_SETTLE_LINGER_MS): at concurrency 1 a settle per request was a commit per request,
+// competing with the next request for the same two cores; the hold is open 10 ms longer. Not when
+// the hold is a large part of what the account has left: a client sending requests back to back
+// would find its credits tied up in holds waiting to settle (a 402 it did not get before).
+const settlements = new Batcher<SettleArgs, Settlement>({
+  maxCalls: 1,
+  maxBatch: 100,
+  lingerMs: config.settleLingerMs,
+  call: (batch) => {
+    if (batch.length > 1) {
+      return withRetries('settle_requests', () => call<Settlement[]>('settle_requests', [batch]))
+    }
+    const a = batch[0]
+    return withRetries('settle_request', () =>
+      call<Settlement>('settle_request', [
+        a.hold_id,
+        a.model,
+        a.prompt_tokens,
+        a.completion_tokens,
+        a.upstream_cost,
+        a.status,
+        a.latency_ms,
+        a.generation_id,
+        a.settled_by,
+      ])).then((s) => [s])
+  },
+})
+
+/**
+ * Charges the hold for `usage`. Runs in background (it survives the response and retries while the
+ * database is unreachable); awaiting it gives the settlement, or undefined if it failed for good.
+ * A response reports `charge(hold, usage)` instead of waiting. `logged`: the request's own log line
+ * already carries the tokens and the charge, so a settle that charged exactly that logs nothing.
+ */
+export function settle(
+  hold: Hold,
+  usage: Usage,
+  logged = false,
+): Promise<Settlement | undefined> {
+  const reported = charge(hold, usage).credits
+  reservations.charged(hold, reported)
+  return inBackground(
+    (async () => {
+      // A hold that is a large part of what the account has left is settled without lingering:
+      // until it is, its credits are not available to the account's next request.
+      const urgent = hold.available_credits < 8 * hold.held_credits
+      const s = await settlements.submit({
+        hold_id: hold.hold_id,
+        model: usage.model,
+        prompt_tokens: tokens(usage.promptTokens),
+        completion_tokens: tokens(usage.completionTokens),
+        upstream_cost: usage.cost,
+        status: usage.outcome,
+        latency_ms: tokens(usage.latencyMs),
+        generation_id: usage.generationId,
+        settled_by: usage.settledBy,
+      }, urgent)
+      if (s.settled && s.credits_charged !== reported) {
+        // Never expected (a test pins credits.ts to SQL); if it happens, the books are right (SQL
+        // charged) but a response reported another figure.
+        log('error', 'settle charged other than reported', { hold_id: hold.hold_id })
+      }
+      if (logged && s.settled) return s
+      log('info', 'settled', {
+        hold_id: hold.hold_id,
+        user_id: hold.user_id,
+        key_prefix: hold.key_prefix,
+        model: usage.model,
+        settled_by: usage.settledBy,
+        outcome: usage.outcome,
+        prompt_tokens: usage.promptTokens,
+        completion_tokens: usage.completionTokens,
+        credits_charged: s.credits_charged,
+        latency_ms: usage.latencyMs,
+        repeated: s.settled ? undefined : s.reason,
+      })
+      return s
+    })(),
+    'settle_request',
+  )
+}
+
+/** Releases the hold without a charge (nothing reached upstream, or upstream refused it). */
+export function voidHold(hold: Hold, reason: string): Promise<unknown> {
+  return inBackground(
+    withRetries('void_request', () => call('void_request', [hold.hold_id, reason])),
+    'void_request',
+  )
+}

@@ -1,0 +1,159 @@
+// Reserved admissions (reservations.ts): a busy context is admitted ahead by
+// gateway.reserve_admissions, its requests take those admissions without a round trip, and what
+// they do not take is given back (gateway.cancel_admissions). The stack's function runs with the
+// defaults (at most 32 ahead, kept 1 s, once a caller has had 8 admissions within 4 s).
+//
+// What must hold whatever the timing: every request is admitted, counted and charged exactly once;
+// nothing reserved and unused stays counted, held or open; a tight limit or a small balance is never
+// reserved against; a revocation through the API applies to the next request.
+
+import assert from 'node:assert/strict'
+import { balance, newAccount, setRateLimits, settled } from '../lib/accounts.ts'
+import { api, chat } from '../lib/http.ts'
+import { db, test, waitFor } from '../lib/stack.ts'
+
+/** Sequential requests (a client at concurrency 1); every status. */
+async function burst(key: string, n: number, body: Record<string, unknown> = {}) {
+  const statuses: number[] = []
+  for (let i = 0; i < n; i++) statuses.push((await chat(key, { max_tokens: 16, ...body })).status)
+  return statuses
+}
+
+/** Waits until nothing of the account is held or open: reservations given back, requests settled. */
+async function quiet(userId: number) {
+  await waitFor(`account ${userId} without holds`, async () => {
+    const [r] = await db()`
+      select (select count(*) from gateway.holds where account_id = ${userId})::int as open,
+             (select held from gateway.credit_balances where account_id = ${userId})::int as held`
+    return r.open === 0 && r.held === 0
+  })
+}
+
+/** A busy account: room in every request window (the defaults allow 60 a minute). */
+async function busyAccount(credits = 1_000_000) {
+  const a = await newAccount(credits)
+  await setRateLimits(a.userId, {
+    requests_per_minute: 100_000,
+    requests_per_hour: 100_000,
+    requests_per_day: 100_000,
+  })
+  return a
+}
+
+async function counts(userId: number, keyId: number) {
+  const [r] = await db()`
+    select (select requests_used from gateway.key_counters where key_id = ${keyId})::int as used,
+           (select day_requests from gateway.rate_counters
+             where subject_kind = 'account' and subject_id = ${userId})::int as day,
+           (select count(*) from gateway.usage_records where account_id = ${userId})::int as records,
+           (select count(distinct created_at) from gateway.usage_records
+             where account_id = ${userId})::int as admissions_times`
+  return r as { used: number; day: number; records: number; admissions_times: number }
+}
+
+test('a busy key is admitted ahead; every request counted and charged once, the rest given back', async () => {
+  const n = 40
+  const a = await busyAccount()
+  const statuses = await burst(a.key, n)
+  assert.deepEqual(statuses, Array(n).fill(200))
+  await settled(a.userId, n)
+  await quiet(a.userId)
+
+  const c = await counts(a.userId, a.keyId)
+  assert.equal(c.records, n, 'one usage record per request')
+  assert.equal(c.used, n, 'requests_used counts the requests made, not the admissions reserved')
+  assert.equal(c.day, n, 'the day window counts the requests made')
+  // Admissions reserved together share their transaction's timestamp: fewer distinct admission
+  // times than requests means requests took reserved admissions.
+  assert.ok(c.admissions_times < n / 2, `${c.admissions_times} admission times for ${n} requests`)
+
+  const [{ charged }] = await db()`
+    select coalesce(sum(credits_charged), 0)::int as charged from gateway.usage_records
+     where account_id = ${a.userId}`
+  assert.deepEqual(await balance(a.userId), { balance: 1_000_000 - charged, held: 0 })
+  const [{ bad }] = await db()`select count(*)::int as bad from gateway.ledger_discrepancies()`
+  assert.equal(bad, 0)
+})
+
+test('concurrent requests of one key with reservations: the books stay exact', async () => {
+  const a = await busyAccount()
+  const waves = 6
+  const width = 12
+  for (let w = 0; w < waves; w++) {
+    const rs = await Promise.all(
+      Array.from({ length: width }, () => chat(a.key, { max_tokens: 8 })),
+    )
+    for (const r of rs) assert.equal(r.status, 200, r.text)
+  }
+  await settled(a.userId, waves * width)
+  await quiet(a.userId)
+  const c = await counts(a.userId, a.keyId)
+  assert.equal(c.records, waves * width)
+  assert.equal(c.used, waves * width)
+  assert.equal(c.day, waves * width)
+})
+
+test('a limit stays exact with reservations: exactly the limit is admitted, nothing reserved stays counted', async () => {
+  // A day window, so that no window boundary falls inside the test (but at midnight UTC).
+  const a = await busyAccount()
+  await setRateLimits(a.userId, { requests_per_day: 90 })
+  const statuses = await burst(a.key, 100)
+  assert.equal(statuses.filter((s) => s === 200).length, 90)
+  assert.deepEqual(statuses.slice(90), Array(10).fill(429))
+  await quiet(a.userId)
+  const c = await counts(a.userId, a.keyId)
+  assert.equal(c.used, 90)
+  assert.equal(c.day, 90, 'refusals and cancelled reservations are not counted')
+})
+
+test('a small balance is never reserved against', async () => {
+  // A request holds 109 credits here (9 prompt, max_tokens 100) and costs 10 (the simulator writes
+  // one token): reserving even the fewest (4) at 4x headroom needs 1 744 available, more than the
+  // account ever has, while it can pay for all the requests.
+  const a = await busyAccount(500)
+  const body = { model: 'openai/gpt-4o-mini~len-1', max_tokens: 100 }
+  assert.deepEqual(await burst(a.key, 12, body), Array(12).fill(200))
+  await settled(a.userId, 12)
+  const c = await counts(a.userId, a.keyId)
+  assert.equal(c.admissions_times, 12, 'each request admitted on its own')
+})
+
+test('a key revoked through the API is refused at its next request, its reservations given back', async () => {
+  const a = await busyAccount()
+  const created = await api('/user/api-keys', {
+    key: a.key,
+    body: { key_name: 'busy', permissions: ['read', 'write'] },
+  })
+  assert.equal(created.status, 200, created.text)
+  const second = created.json as { key_id: number; api_key: string }
+  assert.deepEqual(await burst(second.api_key, 20), Array(20).fill(200))
+  const off = await api(`/user/api-keys/${second.key_id}`, {
+    method: 'PUT',
+    key: a.key,
+    body: { is_active: false },
+  })
+  assert.equal(off.status, 200, off.text)
+  const after = await chat(second.api_key, { max_tokens: 16 })
+  assert.equal(after.status, 401, after.text)
+  await settled(a.userId, 20)
+  await quiet(a.userId)
+  const c = await counts(a.userId, second.key_id)
+  assert.equal(c.used, 20)
+  assert.equal(c.records, 20)
+})
+
+test('a key deactivated by an operator in SQL is refused within the reservation lifetime', async () => {
+  const a = await busyAccount()
+  assert.deepEqual(await burst(a.key, 20), Array(20).fill(200))
+  await db()`select gateway.deactivate_key(${a.keyId}, 'test')`
+  // Until the reservations made before the deactivation are used up or given back (1 s), a
+  // request may still take one; after that, every request reaches SQL and is refused.
+  const refused = await waitFor('a refusal', async () => {
+    const r = await chat(a.key, { max_tokens: 16 })
+    return r.status === 401 ? r : undefined
+  }, 10_000)
+  assert.equal(refused.json.error.code, 'key_inactive')
+  await quiet(a.userId)
+  const c = await counts(a.userId, a.keyId)
+  assert.equal(c.used, c.records, 'every admission counted was a request made')
+})
