@@ -1,30 +1,47 @@
 // POST /auth/register: the new account's primary key (once) with the signup credits; a repeated email
-// is a 400; registration is rate-limited per client address (setting registrations_per_ip_per_hour).
-// The limit is raised for the test just enough to leave room for exactly the registrations it makes,
-// then restored.
+// is a 400; sign-ups are rate-limited per client network (setting registrations_per_network_per_hour:
+// the /24 of 127.0.0.1 here) and over all networks (registrations_per_hour). The per-network limit is
+// raised for the test just enough to leave room for exactly the sign-ups it makes, then restored; the
+// sign-ups it made are forgotten, so a person trying the stack afterwards is not refused.
 
 import assert from 'node:assert/strict'
 import { isWellFormedKey } from '../../functions/_shared/keys.ts'
-import { api, db, test, uniqueEmail } from './_helpers.ts'
+import { api, db, forgettingSignups, test, uniqueEmail } from './_helpers.ts'
 
-async function withRegistrationRoom<T>(room: number, fn: () => Promise<T>): Promise<T> {
-  const [{ limit }] = await db()`
-    select registrations_per_ip_per_hour as limit from gateway.system_settings where id`
-  const [{ used }] = await db()`
-    select count(*)::int as used from gateway.accounts
-     where registration_ip = '127.0.0.1' and created_at > now() - interval '1 hour'`
-  await db()`select gateway.set_setting('registrations_per_ip_per_hour', ${String(used + room)})`
+async function withSignupRoom<T>(room: number, fn: () => Promise<T>): Promise<T> {
+  const [s] = await db()`
+    select registrations_per_network_per_hour as network, registrations_per_hour as hourly
+      from gateway.system_settings where id`
+  const [{ here, all }] = await db()`
+    select count(*) filter (where network && gateway.signup_network('127.0.0.1'))::int as here,
+           count(*)::int as all
+      from gateway.signups where created_at > now() - interval '1 hour'`
+  await db()`select gateway.set_setting('registrations_per_network_per_hour', ${
+    String(here + room)
+  })`
+  await db()`select gateway.set_setting('registrations_per_hour', ${String(all + room + 10)})`
   try {
-    return await fn()
+    return await forgettingSignups(fn)
   } finally {
-    await db()`select gateway.set_setting('registrations_per_ip_per_hour', ${String(limit)})`
+    await db()`select gateway.set_setting('registrations_per_network_per_hour', ${
+      String(s.network)
+    })`
+    await db()`select gateway.set_setting('registrations_per_hour', ${String(s.hourly)})`
   }
 }
 
-test('register: the account, its primary key once, signup credits; then the per-IP limit (429)', async () => {
+const loopbackSignups = async () => {
+  const [{ n }] = await db()`
+    select count(*)::int as n from gateway.signups
+     where network && gateway.signup_network('127.0.0.1') and created_at > now() - interval '1 hour'`
+  return n as number
+}
+
+test('register: the account, its primary key once, signup credits; then the per-network limit (429)', async () => {
   const [{ signup }] = await db()`
     select signup_credits as signup from gateway.system_settings where id`
-  await withRegistrationRoom(2, async () => {
+  const before = await loopbackSignups()
+  await withSignupRoom(2, async () => {
     const email = uniqueEmail('reg')
     const res = await api('/auth/register', { body: { email, username: `r${Date.now()}` } })
     assert.equal(res.status, 200, res.text)
@@ -60,6 +77,11 @@ test('register: the account, its primary key once, signup credits; then the per-
     assert.equal(limited.json.error.code, 'rate_limited')
     assert.ok(Number(limited.headers.get('retry-after')) >= 1)
   })
+  assert.equal(
+    await loopbackSignups(),
+    before,
+    "the test's sign-ups do not count against 127.0.0.1",
+  )
 })
 
 test('register: a body that is not JSON is a 400 or 415, never a 500', async () => {

@@ -11,9 +11,11 @@ import {
   type Account,
   api,
   db,
+  forgetSignups,
   GATEWAY_URL,
   newAccount,
   newAdmin,
+  signupMark,
   test,
   unknownKey,
 } from '../gateway/_helpers.ts'
@@ -256,6 +258,7 @@ test('the index lists every documented route exactly once', async () => {
 })
 
 test('every documented route: fuzzed bodies, ids, queries and headers never get a 5xx or a leak', async () => {
+  const signups = await signupMark() // fuzzed sign-ups from 127.0.0.1, forgotten at the end
   const { doc, ops } = await operations()
   const ctx = await context()
   const secrets = [ctx.caller.key, ctx.admin.key]
@@ -281,9 +284,11 @@ test('every documented route: fuzzed bodies, ids, queries and headers never get 
   }
   console.log(`${total} inputs over ${ops.length} operations: ${JSON.stringify(tried)}`)
   console.log(`answers: ${JSON.stringify(statuses)}`)
+  await forgetSignups(signups)
 })
 
 test('hostile bodies on every route that takes one: NUL, surrogates, invalid UTF-8, deep nesting, oversize', async () => {
+  const signups = await signupMark()
   const { ops } = await operations()
   const ctx = await context()
   const enc = new TextEncoder()
@@ -332,6 +337,7 @@ test('hostile bodies on every route that takes one: NUL, surrogates, invalid UTF
     }
   }
   console.log(`${tried} hostile bodies: ${JSON.stringify(statuses)}`)
+  await forgetSignups(signups)
 })
 
 test('wrong methods on every path are a 405 or 404 in the OpenAI shape', async () => {

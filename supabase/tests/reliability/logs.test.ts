@@ -4,7 +4,15 @@
 // requests carried: keys in bodies, headers and answers, prompts in good and bad requests.
 
 import assert from 'node:assert/strict'
-import { db, newAdmin, test, uniqueEmail, usageRecords, waitFor } from '../gateway/_helpers.ts'
+import {
+  db,
+  forgettingSignups,
+  newAdmin,
+  test,
+  uniqueEmail,
+  usageRecords,
+  waitFor,
+} from '../gateway/_helpers.ts'
 import { CHAT, client } from './_http.ts'
 import { scanLog } from './scan-logs.ts'
 import { sleep, startFunctions, startOwnSimulator } from './_stack.ts'
@@ -23,10 +31,12 @@ test('logs: a JSON line per request and per settlement, and no key, upstream key
   const send = async (...args: Parameters<typeof gw>) => (requests++, await gw(...args))
   try {
     // Keys travel in answers (register, create, rotate), bodies (admin targets) and headers.
-    const reg = await send('/auth/register', {
-      body: { email: uniqueEmail('logs') },
-      headers: { 'x-forwarded-for': '198.51.100.7' },
-    })
+    const reg = await forgettingSignups(() =>
+      send('/auth/register', {
+        body: { email: uniqueEmail('logs') },
+        headers: { 'x-forwarded-for': '198.51.100.7' },
+      })
+    )
     assert.ok(reg.status === 200 || reg.status === 429, reg.text)
     const admin = await newAdmin()
     const [{ r }] = await db()`select gateway.register(${
