@@ -1,12 +1,12 @@
-// Builds the gateway's Hono app: base path, cross-cutting middleware (request id, CORS, body size
-// limit), the route modules, /openapi.json and the docs, and the single place where every error
+// Builds the gateway's Hono app: base path, cross-cutting middleware (request id, CORS, bounded body
+// reading), the route modules, /openapi.json and the docs, and the single place where every error
 // becomes an OpenAI-shaped response (app.onError) — unknown routes 404, wrong methods 405.
 
 import { HTTPException } from 'hono/http-exception'
-import { bodyLimit } from 'hono/body-limit'
 import { cors } from 'hono/cors'
 import type { MiddlewareHandler } from 'hono'
 import { describe } from './background.ts'
+import { bodyGuard, type BodyLimits } from './body-guard.ts'
 import { config } from './config.ts'
 import { docsRoutes } from './docs.ts'
 import { ApiError, errorResponse } from './errors.ts'
@@ -80,11 +80,17 @@ const requestLog: MiddlewareHandler<AppEnv> = async (c, next) => {
   })
 }
 
-const tooLarge = () => {
-  throw new ApiError(413, `The request body exceeds ${config.maxBodyBytes} bytes`, {
-    code: 'request_too_large',
-  })
+/** Completions carry prompts (up to GATEWAY_MAX_BODY_BYTES); every other route a small JSON. */
+const COMPLETIONS = `${BASE_PATH}/v1/chat/completions`
+const completionBodies: BodyLimits = {
+  maxBytes: config.maxBodyBytes,
+  timeoutMs: config.bodyReadTimeoutMs,
+  maxReaders: config.maxBodyReaders,
+  maxBytesInFlight: config.maxBodyBytesInFlight,
 }
+const apiBodies: BodyLimits = { ...completionBodies, maxBytes: config.maxApiBodyBytes }
+const bodyLimits = (path: string) =>
+  path === COMPLETIONS || path === `${COMPLETIONS}/` ? completionBodies : apiBodies
 
 function onError(err: Error): Response {
   if (err instanceof ApiError) return err.getResponse()
@@ -130,12 +136,7 @@ export function buildApp() {
   // Not strict: `/gateway/` (the index, as a browser writes it) is `/gateway`.
   const app = router({ strict: false }).basePath(BASE_PATH)
 
-  app.use(
-    '*',
-    requestLog,
-    browserCors,
-    bodyLimit({ maxSize: config.maxBodyBytes, onError: tooLarge }),
-  )
+  app.use('*', requestLog, browserCors, bodyGuard(bodyLimits))
 
   app.route('/', publicRoutes)
   app.route('/', registerRoutes)

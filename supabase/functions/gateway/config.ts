@@ -72,8 +72,20 @@ export const config = {
   reserveMs: Math.max(intEnv('GATEWAY_RESERVE_MS', 1000), 1),
   reserveAfter: intEnv('GATEWAY_RESERVE_AFTER', 8),
 
-  /** Request bodies larger than this are refused with 413. */
+  /** Chat completion bodies larger than this are refused with 413 (prompts can be large). */
   maxBodyBytes: intEnv('GATEWAY_MAX_BODY_BYTES', 4 * 1024 * 1024),
+  /** Every other route's body (keys, profile, sign-up, admin) is small: larger ones are a 413. */
+  maxApiBodyBytes: intEnv('GATEWAY_MAX_API_BODY_BYTES', 64 * 1024),
+  /** A body that has not arrived in full after this long is cut with 408. */
+  bodyReadTimeoutMs: Math.max(intEnv('GATEWAY_BODY_READ_TIMEOUT_MS', 10_000), 1),
+  /**
+   * Bodies being read at once over the isolate, and the bytes reserved by those over 64 KiB (four
+   * maximal prompts): beyond either a request is refused with 503 rather than buffered
+   * (body-guard.ts), so uploads can hold at most 128 × 64 KiB + 16 MiB, well inside a hosted
+   * worker's 256 MB.
+   */
+  maxBodyReaders: Math.max(intEnv('GATEWAY_BODY_READERS_MAX', 128), 1),
+  maxBodyBytesInFlight: intEnv('GATEWAY_BODY_BYTES_IN_FLIGHT_MAX', 16 * 1024 * 1024),
   /** One JSON log line per request and per settlement (errors are always logged). */
   logRequests: boolEnv('GATEWAY_LOG_REQUESTS', true),
   /** Comma-separated allowed origins for CORS, or `*` (the default). */

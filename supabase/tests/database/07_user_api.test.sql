@@ -24,15 +24,15 @@ select is(tests.error_of($$select gateway.register('not-an-email', null, 'live',
           '22023:invalid_request', 'an invalid email is refused');
 select is(tests.error_of($$select gateway.register('env@example.com', null, 'prod', null)$$),
           '22023:invalid_request', 'an unknown environment is refused');
-select gateway.set_setting('registrations_per_ip_per_hour', '2');
+select gateway.set_setting('registrations_per_network_per_hour', '2');
 select gateway.register('second@example.com', null, 'live', '198.51.100.7');
 select is(tests.error_of($$select gateway.register('third@example.com', null, 'live', '198.51.100.7')$$),
-          '53400:rate_limited', 'registrations per IP per hour are limited');
+          '53400:rate_limited', 'registrations per network per hour are limited');
 select is(tests.error_of($$select gateway.register('third@example.com', null, 'live', '2001:db8::7')$$),
-          'ok', 'another IP may still register');
+          'ok', 'another network may still register');
 select is(
   tests.error_of($$select gateway.register('later@example.com', null, 'live', '198.51.100.7', now() + interval '61 minutes')$$),
-  'ok', 'the IP may register again an hour later');
+  'ok', 'the network may register again an hour later');
 select gateway.set_setting('signup_credits', '250');
 select is((gateway.register('fourth@example.com', null, 'live', null) ->> 'credits')::bigint, 250::bigint,
           'signup credits come from the settings');

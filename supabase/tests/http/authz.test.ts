@@ -5,7 +5,13 @@
 // that takes a key id or a target; privilege escalation through key creation and update.
 
 import assert from 'node:assert/strict'
-import { type Account, newAccount, newAdmin, uniqueEmail } from '../lib/accounts.ts'
+import {
+  type Account,
+  forgettingSignups,
+  newAccount,
+  newAdmin,
+  uniqueEmail,
+} from '../lib/accounts.ts'
 import { CHAT, client } from '../lib/http.ts'
 import { startFunctions, startOwnSimulator } from '../lib/procs.ts'
 import { db, waitFor } from '../lib/stack.ts'
@@ -97,10 +103,12 @@ Deno.test('authorization: what a valid key may do', opts, async (t) => {
     await t.step(
       'registrations count against the connecting address, whatever X-Forwarded-For says',
       async () => {
-        const res = await gw6('/auth/register', {
-          body: { email: uniqueEmail('authz-reg') },
-          headers: { 'x-forwarded-for': `198.51.100.${Math.floor(Math.random() * 250)}` },
-        })
+        const res = await forgettingSignups(() =>
+          gw6('/auth/register', {
+            body: { email: uniqueEmail('authz-reg') },
+            headers: { 'x-forwarded-for': `198.51.100.${Math.floor(Math.random() * 250)}` },
+          })
+        )
         // 429 would mean ::1 is out of registrations this hour: the limit held despite the spoof.
         assert.ok(res.status === 200 || res.status === 429, res.text)
         if (res.status === 200) {
@@ -379,9 +387,22 @@ Deno.test('authorization: what a valid key may do', opts, async (t) => {
           const res = await p
           assert.equal(res.status, status, `${what}: ${res.text}`)
         }
-        // What stays allowed: within its fences, a fenced key manages keys at least as fenced.
-        const child = await gw4('/user/api-keys', {
+        // A key with a request cap of its own creates no keys at all, even within its fences
+        // (key-caps.test.ts); a fenced key without one creates keys at least as fenced.
+        const capped = await gw4('/user/api-keys', {
           key: f,
+          headers: fromSite,
+          body: { key_name: 'child', permissions: ['read'], max_requests: 10 },
+        })
+        assert.equal(capped.status, 403, capped.text)
+        const uncapped = (await mk({
+          key_name: 'fenced, uncapped',
+          allowed_ips: ['127.0.0.0/8'],
+          allowed_referrers: ['*.example.com'],
+          expires_at: inAnHour,
+        })).json
+        const child = await gw4('/user/api-keys', {
+          key: uncapped.api_key,
           headers: fromSite,
           body: {
             key_name: 'child',

@@ -7,7 +7,14 @@
 
 import assert from 'node:assert/strict'
 import fc from 'fast-check'
-import { type Account, newAccount, newAdmin, unknownKey } from '../lib/accounts.ts'
+import {
+  type Account,
+  forgetSignups,
+  newAccount,
+  newAdmin,
+  signupMark,
+  unknownKey,
+} from '../lib/accounts.ts'
 import { booksLine, checkBooks, waitSettled } from '../lib/books.ts'
 import { api } from '../lib/http.ts'
 import { startFunctions, startOwnSimulator } from '../lib/procs.ts'
@@ -249,6 +256,7 @@ test('the index lists every documented route exactly once', async () => {
 })
 
 test('every documented route: fuzzed bodies, ids, queries and headers never get a 5xx or a leak', async () => {
+  const signups = await signupMark() // fuzzed sign-ups from 127.0.0.1, forgotten at the end
   const { doc, ops } = await operations()
   const ctx = await context()
   const secrets = [ctx.caller.key, ctx.admin.key]
@@ -274,9 +282,11 @@ test('every documented route: fuzzed bodies, ids, queries and headers never get 
   }
   console.log(`${total} inputs over ${ops.length} operations: ${JSON.stringify(tried)}`)
   console.log(`answers: ${JSON.stringify(statuses)}`)
+  await forgetSignups(signups)
 })
 
 test('hostile bodies on every route that takes one: NUL, surrogates, invalid UTF-8, deep nesting, oversize', async () => {
+  const signups = await signupMark()
   const { ops } = await operations()
   const ctx = await context()
   const enc = new TextEncoder()
@@ -325,6 +335,7 @@ test('hostile bodies on every route that takes one: NUL, surrogates, invalid UTF
     }
   }
   console.log(`${tried} hostile bodies: ${JSON.stringify(statuses)}`)
+  await forgetSignups(signups)
 })
 
 test('wrong methods on every path are a 405 or 404 in the OpenAI shape', async () => {

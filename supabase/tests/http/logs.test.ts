@@ -4,7 +4,7 @@
 // requests carried: keys in bodies, headers and answers, prompts in good and bad requests.
 
 import assert from 'node:assert/strict'
-import { newAdmin, uniqueEmail, usageRecords } from '../lib/accounts.ts'
+import { forgettingSignups, newAdmin, uniqueEmail, usageRecords } from '../lib/accounts.ts'
 import { CHAT, client } from '../lib/http.ts'
 import { startFunctions, startOwnSimulator } from '../lib/procs.ts'
 import { db, sleep, test, waitFor } from '../lib/stack.ts'
@@ -24,10 +24,12 @@ test('logs: a JSON line per request and per settlement, and no key, upstream key
   const send = async (...args: Parameters<typeof gw>) => (requests++, await gw(...args))
   try {
     // Keys travel in answers (register, create, rotate), bodies (admin targets) and headers.
-    const reg = await send('/auth/register', {
-      body: { email: uniqueEmail('logs') },
-      headers: { 'x-forwarded-for': '198.51.100.7' },
-    })
+    const reg = await forgettingSignups(() =>
+      send('/auth/register', {
+        body: { email: uniqueEmail('logs') },
+        headers: { 'x-forwarded-for': '198.51.100.7' },
+      })
+    )
     assert.ok(reg.status === 200 || reg.status === 429, reg.text)
     const admin = await newAdmin()
     const [{ r }] = await db()`select gateway.register(${

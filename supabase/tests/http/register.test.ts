@@ -1,7 +1,8 @@
 // POST /auth/register: the new account's primary key (once) with the signup credits; a repeated email
-// is a 400; registration is rate-limited per client address (setting registrations_per_ip_per_hour).
-// The limit is raised for the test just enough to leave room for exactly the registrations it makes,
-// then restored.
+// is a 400; sign-ups are rate-limited per client network (setting registrations_per_network_per_hour:
+// the /24 of 127.0.0.1 here) and over all networks (registrations_per_hour). The per-network limit is
+// raised for the test just enough to leave room for exactly the sign-ups it makes, then restored; the
+// sign-ups it made are forgotten, so a person trying the stack afterwards is not refused.
 
 import assert from 'node:assert/strict'
 import { isWellFormedKey } from '../../functions/_shared/keys.ts'
@@ -9,9 +10,17 @@ import { uniqueEmail, withRegistrationRoom } from '../lib/accounts.ts'
 import { api } from '../lib/http.ts'
 import { db, test } from '../lib/stack.ts'
 
-test('register: the account, its primary key once, signup credits; then the per-IP limit (429)', async () => {
+const loopbackSignups = async () => {
+  const [{ n }] = await db()`
+    select count(*)::int as n from gateway.signups
+     where network && gateway.signup_network('127.0.0.1') and created_at > now() - interval '1 hour'`
+  return n as number
+}
+
+test('register: the account, its primary key once, signup credits; then the per-network limit (429)', async () => {
   const [{ signup }] = await db()`
     select signup_credits as signup from gateway.system_settings where id`
+  const before = await loopbackSignups()
   await withRegistrationRoom(2, async () => {
     const email = uniqueEmail('reg')
     const res = await api('/auth/register', { body: { email, username: `r${Date.now()}` } })
@@ -48,6 +57,11 @@ test('register: the account, its primary key once, signup credits; then the per-
     assert.equal(limited.json.error.code, 'rate_limited')
     assert.ok(Number(limited.headers.get('retry-after')) >= 1)
   })
+  assert.equal(
+    await loopbackSignups(),
+    before,
+    "the test's sign-ups do not count against 127.0.0.1",
+  )
 })
 
 test('register: a body that is not JSON is a 400 or 415, never a 500', async () => {

@@ -1,7 +1,7 @@
 // Accounts made for a test, as an operator makes them (SQL, as `postgres`), and what the gateway
 // recorded for them. Accounts are created fresh per test (unique emails) through SQL's
-// gateway.register with no client IP, so the per-IP registration limit only applies to the tests of
-// /auth/register itself.
+// gateway.register with no client IP, so the sign-up limits only apply to the tests of
+// /auth/register itself, which forget their sign-ups afterwards (forgettingSignups).
 
 import { base62, crc32 } from '../../functions/_shared/keys.ts'
 import { db, waitFor } from './stack.ts'
@@ -102,19 +102,48 @@ export async function settled(userId: number, count = 1, timeoutMs = 20_000): Pr
 }
 
 /**
- * Runs `fn` with room for exactly `room` more registrations from this machine's address
- * (127.0.0.1) this hour: setting registrations_per_ip_per_hour is raised for it, then restored.
+ * A test's HTTP sign-ups come from this machine (127.0.0.1, ::1) and must not spend the hour's
+ * sign-ups of a person trying the stack after the suite: take a mark before them and forget the
+ * sign-ups made since (gateway.signups rows; the accounts themselves stay).
  */
-export async function withRegistrationRoom<T>(room: number, fn: () => Promise<T>): Promise<T> {
-  const [{ limit }] = await db()`
-    select registrations_per_ip_per_hour as limit from gateway.system_settings where id`
-  const [{ used }] = await db()`
-    select count(*)::int as used from gateway.accounts
-     where registration_ip = '127.0.0.1' and created_at > now() - interval '1 hour'`
-  await db()`select gateway.set_setting('registrations_per_ip_per_hour', ${String(used + room)})`
+export async function signupMark(): Promise<number> {
+  const [{ mark }] = await db()`select coalesce(max(id), 0)::bigint as mark from gateway.signups`
+  return Number(mark)
+}
+
+export async function forgetSignups(mark: number): Promise<void> {
+  await db()`delete from gateway.signups where id > ${mark}`
+}
+
+/** Runs `fn`, then forgets the sign-ups made meanwhile. */
+export async function forgettingSignups<T>(fn: () => Promise<T>): Promise<T> {
+  const mark = await signupMark()
   try {
     return await fn()
   } finally {
-    await db()`select gateway.set_setting('registrations_per_ip_per_hour', ${String(limit)})`
+    await forgetSignups(mark)
+  }
+}
+
+/**
+ * Runs `fn` with room for exactly `room` more sign-ups from this machine's network (127.0.0.0/24)
+ * this hour, and room in the hour's sign-ups of everyone: both settings are raised for it, then
+ * restored, and the sign-ups made meanwhile are forgotten.
+ */
+export async function withRegistrationRoom<T>(room: number, fn: () => Promise<T>): Promise<T> {
+  const [s] = await db()`
+    select registrations_per_network_per_hour as network, registrations_per_hour as hourly
+      from gateway.system_settings where id`
+  const [{ here, all }] = await db()`
+    select count(*) filter (where network && gateway.signup_network('127.0.0.1'))::int as here,
+           count(*)::int as all
+      from gateway.signups where created_at > now() - interval '1 hour'`
+  await db()`select gateway.set_setting('registrations_per_network_per_hour', ${String(here + room)})`
+  await db()`select gateway.set_setting('registrations_per_hour', ${String(all + room + 10)})`
+  try {
+    return await forgettingSignups(fn)
+  } finally {
+    await db()`select gateway.set_setting('registrations_per_network_per_hour', ${String(s.network)})`
+    await db()`select gateway.set_setting('registrations_per_hour', ${String(s.hourly)})`
   }
 }
