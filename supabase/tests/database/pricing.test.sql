@@ -4,7 +4,7 @@
 -- Prices are per token in USD; usd_per_credit is 0.00002 (1 credit = $0.00002).
 begin;
 \ir _helpers.sql
-select plan(95);
+select plan(98);
 -- A late settle raises a WARNING for the server log; not for this output.
 set local client_min_messages = error;
 
@@ -377,6 +377,23 @@ select ok((select requests = 1 and credits_charged = 25 and charged_usd = 0.0005
           'gateway.margin: 25 credits sold at $0.00002 against 0.0004 USD upstream, per day and model');
 select is((select margin_usd from gateway.margin_daily where day = '2001-01-01'), 0.0001,
           'gateway.margin_daily sums the day');
+select is((gateway.user_monitor(gateway.hash_key(:'g'::jsonb ->> 'api_key'), null, null, :'t') -> 'usage_metrics')
+            - array['last_request_time', 'average_tokens_per_request', 'most_used_model'],
+          '{"total_requests":1,"total_tokens":150,"total_credits":25,"total_cost":0.000500,"requests_today":0,
+            "tokens_today":0,"credits_today":0,"cost_today":0,"requests_this_month":0,"tokens_this_month":0,
+            "credits_this_month":0,"cost_this_month":0}'::jsonb,
+          'user_monitor shows credits beside tokens, and cost = credits × usd_per_credit');
+select (gateway.key_usage(gateway.hash_key(:'g'::jsonb ->> 'api_key'), null, null) -> 'keys' -> 0) as ku \gset
+select is(array[:'ku'::jsonb ->> 'tokens_used', :'ku'::jsonb ->> 'credits_used'], array['150', '25'],
+          'key_usage shows each key''s tokens and credits');
+select * from gateway.create_admin_key('ops-pricing@example.com') \gset adm_
+select gateway.admin_monitor(gateway.hash_key(:'adm_api_key'), null, null, :'t') as mon \gset
+select ok(:'mon'::jsonb ?& array['overruns', 'margin', 'expired_uncharged']
+          and (:'mon'::jsonb #>> '{overruns,today}')::int >= 1
+          and (:'mon'::jsonb #>> '{overruns,credits_today}')::int >= 990
+          and (:'mon'::jsonb #>> '{expired_uncharged,today}')::int >= 1
+          and jsonb_typeof(:'mon'::jsonb #> '{margin,all_time,margin_usd}') = 'string',
+          'admin_monitor counts overruns and expired holds, and gives the margin (USD as decimal text)');
 select gateway.set_setting('pricing_mode', 'flat') is not null as m8 \gset
 
 -- Bad input is 22023, never a 500 --------------------------------------------------------------------
