@@ -1,6 +1,7 @@
 -- Server time per call of the request path's SQL, without client round trips or commits: a fresh
 -- account with ample credits and limits, then `calls` begin + settle pairs timed with
--- clock_timestamp() inside one DO block, all rolled back. Prints median-free means in µs per call.
+-- clock_timestamp() inside one DO block, all rolled back. Prints mean µs per call (wall), and the
+-- backend's CPU µs per begin + settle pair (/proc/self/stat: robust when the machine is shared).
 --   psql "$DB_URL" -v calls=2000 -v form=legacy -f bench/probes/sql-time.sql
 -- form = legacy: begin_request(…, model, max_tokens, prompt) / settle_request(9 args), the calls
 --        the function made before the pricing migration (and still makes through its overloads);
@@ -30,8 +31,13 @@ declare
   v_begin interval := '0';
   v_settle interval := '0';
   v_hash bytea;
+  v_cpu0 bigint;
+  v_cpu1 bigint;
 begin
   select * into a from probe_args;
+  -- utime + stime of this backend, in clock ticks (100 per second).
+  v_cpu0 := (select split_part(t, ' ', 12)::bigint + split_part(t, ' ', 13)::bigint
+               from (select split_part(pg_read_file('/proc/self/stat'), ') ', 2) as t) x);
   v_hash := gateway.hash_key(a.key);
   for i in 1 .. a.calls loop
     t0 := clock_timestamp();
@@ -56,9 +62,12 @@ begin
     end if;
     v_settle := v_settle + (clock_timestamp() - t1);
   end loop;
-  raise notice 'form=% calls=% begin_us=% settle_us=%', a.form, a.calls,
+  v_cpu1 := (select split_part(t, ' ', 12)::bigint + split_part(t, ' ', 13)::bigint
+               from (select split_part(pg_read_file('/proc/self/stat'), ') ', 2) as t) x);
+  raise notice 'form=% calls=% begin_us=% settle_us=% cpu_pair_us=%', a.form, a.calls,
     round(extract(epoch from v_begin) * 1e6 / a.calls, 1),
-    round(extract(epoch from v_settle) * 1e6 / a.calls, 1);
+    round(extract(epoch from v_settle) * 1e6 / a.calls, 1),
+    round((v_cpu1 - v_cpu0) * 10000.0 / a.calls, 1);
 end
 $$;
 rollback;

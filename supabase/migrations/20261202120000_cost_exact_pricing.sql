@@ -336,6 +336,7 @@ begin
              v_auto_fixed
         from gateway.model_pricing x;
     else
+      -- Its own row, else (not for :free) its base's.
       select * into c from gateway.model_catalog x where x.model = m;
       if not found and v_colon > 0 and substr(m, v_colon + 1) <> 'free' then
         select * into c from gateway.model_catalog x where x.model = v_base;
@@ -349,7 +350,7 @@ begin
         end if;
       end if;
       -- The id requested, the catalog id it resolved to (or, unpriced, its base), the longest
-      -- prefix: primary-key probes (a pattern only where there are patterns).
+      -- prefix: primary-key probes (patterns only where there are any: their partial index).
       select * into o from gateway.model_pricing x where x.model = m;
       if not found and coalesce(c.model, v_base) <> m then
         select * into o from gateway.model_pricing x where x.model = coalesce(c.model, v_base);
@@ -363,33 +364,26 @@ begin
       end if;
     end if;
 
-    p.model := m;
-    p.catalog_id := case when not v_auto then c.model end;
-    p.canonical_slug := c.canonical_slug;
-    p.prompt := coalesce(c.prompt, 0);
-    p.completion := coalesce(c.completion, 0);
-    p.input_cache_read := case when c.input_cache_read > 0 then c.input_cache_read else p.prompt end;
-    p.input_cache_write := case when c.input_cache_write > 0 then c.input_cache_write
-                                else p.prompt end;
-    p.internal_reasoning := case when c.internal_reasoning > 0 then c.internal_reasoning
-                                 else p.completion end;
-    p.request := coalesce(c.request, 0);
-    p.web_search := case when c.web_search > 0 then c.web_search else p_web_result_usd end;
-    p.image := coalesce(c.image, 0);
-    p.prompt_multiplier := coalesce(o.prompt_multiplier, 1);
-    p.completion_multiplier := coalesce(o.completion_multiplier, 1);
-    p.markup_percent := coalesce(o.markup_percent, p_markup);
-    if p_mode = 'flat' then
-      p.fixed := true;
-      p.by_cost := false;
-      p.free := c.model is not null and p.prompt = 0 and p.completion = 0;
-    else
-      -- openrouter/auto: by cost, and also fixed if any override could charge the served model so.
-      p.fixed := case when v_auto then v_auto_fixed
-                      else o.prompt_multiplier is not null or o.completion_multiplier is not null end;
-      p.by_cost := v_auto or not p.fixed;
-      p.free := false;
-    end if;
+    -- One row expression (field by field assignments cost as much as the lookups).
+    p := row(
+      m, case when not v_auto then c.model end, c.canonical_slug,
+      coalesce(c.prompt, 0), coalesce(c.completion, 0),
+      case when c.input_cache_read > 0 then c.input_cache_read else coalesce(c.prompt, 0) end,
+      case when c.input_cache_write > 0 then c.input_cache_write else coalesce(c.prompt, 0) end,
+      case when c.internal_reasoning > 0 then c.internal_reasoning else coalesce(c.completion, 0) end,
+      coalesce(c.request, 0),
+      case when c.web_search > 0 then c.web_search else p_web_result_usd end,
+      coalesce(c.image, 0),
+      coalesce(o.prompt_multiplier, 1), coalesce(o.completion_multiplier, 1),
+      coalesce(o.markup_percent, p_markup),
+      -- flat: every model by its multipliers; cost: by cost, or fixed by an override's multipliers
+      -- (openrouter/auto: by cost, and also fixed if any override could charge the served model so)
+      case when p_mode = 'flat' then true
+           when v_auto then v_auto_fixed
+           else o.prompt_multiplier is not null or o.completion_multiplier is not null end,
+      p_mode <> 'flat' and (v_auto or (o.prompt_multiplier is null and o.completion_multiplier is null)),
+      p_mode = 'flat' and c.model is not null and c.prompt = 0 and c.completion = 0
+    )::gateway.model_price;
     if p_refuse_unprofitable and p.fixed and not p.free and c.model is not null
        and (greatest(p.prompt, p.input_cache_write) > p.prompt_multiplier * p_usd_per_credit
             or greatest(p.completion, p.internal_reasoning)
@@ -484,7 +478,8 @@ revoke execute on function gateway.charge(
 -- the charge of a usage with the whole prompt bound at the dearest prompt-side price (plain, cache
 -- read or cache write), max_tokens at the dearer of completion and reasoning, every web result
 -- searched and every image billed. max_tokens 0: not even one completion token is affordable;
--- `needed` is then what one would cost. Used by begin_request and reserve_admissions alike.
+-- `needed` (null when p_want was affordable) is what one would cost. Used by begin_request and
+-- reserve_admissions alike.
 create or replace function gateway.hold_for(
   p gateway.model_price,
   p_usd_per_credit numeric,
@@ -512,6 +507,15 @@ declare
   v_q bigint := p_want;
   v_slope numeric;
 begin
+  -- The hold for all the tokens wanted: affordable, that is the answer (one charge).
+  c := gateway.charge(
+    p, p_usd_per_credit, p_prompt, v_q, v_cached, v_written, case when v_reason then v_q else 0 end,
+    p_web_results, p_images, null);
+  if c.credits <= p_available then
+    max_tokens := v_q;
+    amount := c.credits;
+    return;
+  end if;
   c := gateway.charge(
     p, p_usd_per_credit, p_prompt, 1, v_cached, v_written, case when v_reason then 1 else 0 end,
     p_web_results, p_images, null);
@@ -923,6 +927,8 @@ create index usage_records_overrun_idx on gateway.usage_records (settled_at)
 -- begin_request's body, for its two signatures and begin_requests: the facts typed and checked.
 -- Unchanged from 20261125153547 but for the pricing: the candidates are priced (a refusal counts
 -- nothing), the credit checks and the hold are gateway.hold_for's, and the hold keeps its prices.
+-- p_transitional (the old signatures): an unknown model at its override or 1 credit per token in
+-- flat mode, and no `pricing` in the answer (that caller reads the multipliers).
 create or replace function gateway.admit(
   p_key_hash bytea,
   p_client_ip inet,
@@ -935,7 +941,7 @@ create or replace function gateway.admit(
   p_web_results integer,
   p_max_tokens integer,
   p_lifetime_seconds integer,
-  p_unknown_at_default boolean,
+  p_transitional boolean,
   p_now timestamptz
 )
 returns jsonb
@@ -1042,7 +1048,7 @@ begin
   -- The prices of the candidates: a model that cannot be priced is refused before anything counts.
   pc := gateway.price_candidates(
     p_models, v.pricing_mode, v.markup_percent, v.web_result_usd, v.usd_per_credit,
-    v.refuse_unprofitable_models, p_unknown_at_default);
+    v.refuse_unprofitable_models, p_transitional);
   if pc.refusal is not null then
     return jsonb_build_object(
       'ok', false, 'reason', pc.refusal, 'model', pc.refused_model,
@@ -1395,11 +1401,13 @@ begin
     return v_answer || jsonb_build_object('limits', v_limits);
   end if;
 
-  v_dearest := gateway.price_json(pc.dearest);
-  if cardinality(pc.prices) = 1 then
-    v_candidates := jsonb_build_array(v_dearest);
-  else
-    select jsonb_agg(gateway.price_json(x)) into v_candidates from unnest(pc.prices) x;
+  if not p_transitional then
+    v_dearest := gateway.price_json(pc.dearest);
+    if cardinality(pc.prices) = 1 then
+      v_candidates := jsonb_build_array(v_dearest);
+    else
+      select jsonb_agg(gateway.price_json(x)) into v_candidates from unnest(pc.prices) x;
+    end if;
   end if;
   return jsonb_build_object(
     'ok', true,
@@ -1414,11 +1422,11 @@ begin
     'expires_at', p_now + make_interval(secs => greatest(v.hold_timeout_seconds, p_lifetime_seconds)),
     -- What the settle will charge by (gateway.charge at the served candidate's prices), so that
     -- the function can report it without waiting: every number as exact decimal text.
-    'pricing', jsonb_build_object(
+    'pricing', case when not p_transitional then jsonb_build_object(
       'mode', v.pricing_mode,
       'usd_per_credit', v.usd_per_credit::text,
       'candidates', v_candidates,
-      'dearest', v_dearest),
+      'dearest', v_dearest) end,
     -- TRANSITIONAL (the function's credits.ts until it reads `pricing`): the dearest candidate's
     -- credits per token in flat mode (0 for a free model).
     'prompt_multiplier', case when (pc.dearest).free then '0'
@@ -1572,7 +1580,7 @@ create or replace function gateway.reserve(
   p_web_results integer,
   p_max_tokens integer,
   p_lifetime_seconds integer,
-  p_unknown_at_default boolean,
+  p_transitional boolean,
   p_count integer,
   p_now timestamptz
 )
@@ -1609,7 +1617,7 @@ begin
   -- 1. The first, by admit: every rule. Refused, its refusal is the answer.
   v_first := gateway.admit(
     p_key_hash, p_client_ip, p_referrer, p_models, p_prompt_bound, p_images, p_audio, p_files,
-    p_web_results, p_max_tokens, p_lifetime_seconds, p_unknown_at_default, p_now);
+    p_web_results, p_max_tokens, p_lifetime_seconds, p_transitional, p_now);
   if not (v_first ->> 'ok')::boolean then
     return jsonb_build_array(v_first);
   end if;

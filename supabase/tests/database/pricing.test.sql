@@ -507,6 +507,7 @@ declare
   hf record;
   hf2 record;
   v_avail bigint;
+  v_needed bigint;
   u record;
   v_served text;
   v_price gateway.model_price;
@@ -551,7 +552,8 @@ begin
     end if;
     -- max_tokens is the largest the available credits afford: a random budget between one token's
     -- worst case and the whole hold.
-    v_avail := hf.needed + floor(random() * (hf.amount - hf.needed + 1))::bigint;
+    v_needed := coalesce((gateway.hold_for(pc.dearest, v_upc, v_prompt, v_web, v_images, v_want, 0)).needed, 0);
+    v_avail := v_needed + floor(random() * (hf.amount - v_needed + 1))::bigint;
     hf2 := gateway.hold_for(pc.dearest, v_upc, v_prompt, v_web, v_images, v_want, v_avail);
     if hf2.amount > v_avail or hf2.max_tokens < 1 then
       v_fails := v_fails || jsonb_build_object('case', i, 'budget', v_avail, 'hold', hf2.amount);
