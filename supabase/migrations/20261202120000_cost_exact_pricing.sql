@@ -270,6 +270,15 @@ $$;
 revoke execute on function gateway.store_models_cache(jsonb, text, timestamptz) from public;
 grant execute on function gateway.store_models_cache(jsonb, text, timestamptz) to gateway_api;
 
+create type gateway.candidate_prices as (
+  prices gateway.model_price[],
+  dearest gateway.model_price,
+  refusal text,
+  refused_model text
+);
+comment on type gateway.candidate_prices is
+  'A request''s candidates priced (gateway.price_candidates), or why one cannot be.';
+
 -- The prices of the candidate models of a request, and the dearest of each category over them, or
 -- the refusal: model_not_found (a candidate absent from a loaded catalog, after variant resolution),
 -- pricing_unavailable (cost mode before the catalog was ever loaded), model_not_available (sold at a
@@ -285,18 +294,16 @@ create or replace function gateway.price_candidates(
   p_web_result_usd numeric,
   p_usd_per_credit numeric,
   p_refuse_unprofitable boolean,
-  p_unknown_at_default boolean,
-  out prices gateway.model_price[],
-  out dearest gateway.model_price,
-  out refusal text,
-  out refused_model text
+  p_unknown_at_default boolean
 )
+returns gateway.candidate_prices
 language plpgsql
 stable
 security definer
 set search_path = ''
 as $$
 declare
+  r gateway.candidate_prices;
   m text;
   c gateway.model_catalog;
   o gateway.model_pricing;
@@ -307,7 +314,7 @@ declare
   v_auto boolean;
   v_auto_fixed boolean;
 begin
-  prices := array[]::gateway.model_price[];
+  r.prices := array[]::gateway.model_price[];
   foreach m in array p_models loop
     c := null;
     o := null;
@@ -322,9 +329,9 @@ begin
         from gateway.model_catalog x
       having count(*) > 0;
       if c.model is null and p_mode = 'cost' then
-        refusal := 'pricing_unavailable';
-        refused_model := m;
-        return;
+        r.refusal := 'pricing_unavailable';
+        r.refused_model := m;
+        return r;
       end if;
       -- Any model may serve: the dearest override, and the default where a model has none.
       select null::text, greatest(1, max(x.prompt_multiplier)),
@@ -344,9 +351,9 @@ begin
       if c.model is null then
         v_loaded := coalesce(v_loaded, exists (select from gateway.model_catalog));
         if p_mode = 'cost' or (v_loaded and not p_unknown_at_default) then
-          refusal := case when v_loaded then 'model_not_found' else 'pricing_unavailable' end;
-          refused_model := m;
-          return;
+          r.refusal := case when v_loaded then 'model_not_found' else 'pricing_unavailable' end;
+          r.refused_model := m;
+          return r;
         end if;
       end if;
       -- The id requested, the catalog id it resolved to (or, unpriced, its base), the longest
@@ -388,23 +395,25 @@ begin
        and (greatest(p.prompt, p.input_cache_write) > p.prompt_multiplier * p_usd_per_credit
             or greatest(p.completion, p.internal_reasoning)
                > p.completion_multiplier * p_usd_per_credit) then
-      refusal := 'model_not_available';
-      refused_model := m;
-      return;
+      r.refusal := 'model_not_available';
+      r.refused_model := m;
+      return r;
     end if;
-    prices := prices || p;
+    r.prices := r.prices || p;
   end loop;
 
-  if cardinality(prices) = 1 then
-    dearest := prices[1];
+  if cardinality(r.prices) = 1 then
+    r.dearest := r.prices[1];
   else
-    select '*', null, null, max(x.prompt), max(x.completion), max(x.input_cache_read),
-           max(x.input_cache_write), max(x.internal_reasoning), max(x.request), max(x.web_search),
-           max(x.image), max(x.prompt_multiplier), max(x.completion_multiplier),
-           max(x.markup_percent), bool_or(x.fixed), bool_or(x.by_cost), bool_and(x.free)
-      into dearest
-      from unnest(prices) x;
+    select row('*', null, null, max(x.prompt), max(x.completion), max(x.input_cache_read),
+               max(x.input_cache_write), max(x.internal_reasoning), max(x.request),
+               max(x.web_search), max(x.image), max(x.prompt_multiplier),
+               max(x.completion_multiplier), max(x.markup_percent), bool_or(x.fixed),
+               bool_or(x.by_cost), bool_and(x.free))::gateway.model_price
+      into r.dearest
+      from unnest(r.prices) x;
   end if;
+  return r;
 end
 $$;
 revoke execute on function gateway.price_candidates(

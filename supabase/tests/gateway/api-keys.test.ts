@@ -3,7 +3,7 @@
 
 import assert from 'node:assert/strict'
 import { isWellFormedKey } from '../../functions/_shared/keys.ts'
-import { api, chat, newAccount, test } from './_helpers.ts'
+import { api, chat, newAccount, settled, test } from './_helpers.ts'
 
 test('create: the plaintext key once, then only its masked prefix', async () => {
   const a = await newAccount()
@@ -213,6 +213,7 @@ test("/user/api-keys/usage: the spec's shape, counting requests per key", async 
     [
       'api_key',
       'created_at',
+      'credits_used',
       'environment_tag',
       'is_active',
       'is_primary',
@@ -222,10 +223,19 @@ test("/user/api-keys/usage: the spec's shape, counting requests per key", async 
       'max_requests',
       'requests_remaining',
       'requests_used',
+      'tokens_used',
       'usage_percentage',
     ],
   )
   assert.equal(u.requests_used, 1)
+  // Flat pricing, no multiplier: a credit per token, once the request's settle has landed.
+  await settled(a.userId)
+  const after = (await api('/user/api-keys/usage', { key: a.key })).json.keys
+    .find((x: { key_id: number }) => x.key_id === k.key_id)
+  assert.ok(
+    after.tokens_used > 0 && after.credits_used === after.tokens_used,
+    JSON.stringify(after),
+  )
   assert.equal(u.requests_remaining, 3)
   assert.equal(u.usage_percentage, 25)
   const primary = res.json.keys.find((x: { key_id: number }) => x.key_id === a.keyId)
