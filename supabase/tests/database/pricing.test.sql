@@ -4,7 +4,7 @@
 -- Prices are per token in USD; usd_per_credit is 0.00002 (1 credit = $0.00002).
 begin;
 \ir _helpers.sql
-select plan(98);
+select plan(102);
 -- A late settle raises a WARNING for the server log; not for this output.
 set local client_min_messages = error;
 
@@ -462,6 +462,34 @@ select jsonb_agg(x.r) as seq from (
 select is(array(select e - 'hold_id' - 'limits' from jsonb_array_elements(:'rs'::jsonb) e),
           array(select e - 'hold_id' - 'limits' from jsonb_array_elements(:'seq'::jsonb) e),
           'reserve_admissions with facts: the admissions three begin_request calls make (300, 300, 300, then 100 left)');
+
+-- The batch forms take the same facts and usage ------------------------------------------------------
+select tests.acct(100000) as bt \gset
+select gateway.begin_requests(jsonb_build_array(
+  jsonb_build_object('key_hash', encode(gateway.hash_key(:'bt'::jsonb ->> 'api_key'), 'hex'),
+                     'models', jsonb_build_array('test/plain'), 'prompt_bound', 100, 'max_tokens', 50),
+  jsonb_build_object('key_hash', encode(gateway.hash_key(:'bt'::jsonb ->> 'api_key'), 'hex'),
+                     'models', jsonb_build_array('test/nope'), 'prompt_bound', 1),
+  jsonb_build_object('key_hash', encode(gateway.hash_key(:'bt'::jsonb ->> 'api_key'), 'hex'),
+                     'model', 'legacy/model', 'max_tokens', 10, 'prompt_tokens', 10)), :'t') as bb \gset
+select is(array(select coalesce(e ->> 'held_credits', e ->> 'reason') from jsonb_array_elements(:'bb'::jsonb) e),
+          array['150', 'model_not_found', '20'],
+          'begin_requests: elements with facts, refused one by one, beside a transitional element');
+select gateway.settle_requests(jsonb_build_array(
+  jsonb_build_object('hold_id', :'bb'::jsonb #> '{0,hold_id}', 'settled_by', 'usage', 'model', 'test/plain',
+                     'prompt_tokens', 100, 'completion_tokens', 50, 'cached_tokens', 40, 'reasoning_tokens', 9),
+  jsonb_build_object('hold_id', :'bb'::jsonb #> '{2,hold_id}', 'settled_by', 'usage', 'model', 'legacy/model',
+                     'prompt_tokens', 10, 'completion_tokens', 10, 'upstream_cost', 0.00001)), :'t') as sb \gset
+select is(array(select e ->> 'credits_charged' from jsonb_array_elements(:'sb'::jsonb) e), array['150', '20'],
+          'settle_requests: the usage with its details, and the transitional upstream_cost');
+select ok((select cached_tokens = 40 and reasoning_tokens = 9 from gateway.usage_records
+            where hold_id = (:'bb'::jsonb #>> '{0,hold_id}')::bigint)
+          and (select upstream_cost = 0.00001 from gateway.usage_records
+                where hold_id = (:'bb'::jsonb #>> '{2,hold_id}')::bigint),
+          '… recorded');
+select is(tests.error_of(format('select gateway.settle_requests(%L)', jsonb_build_array(
+            jsonb_build_object('hold_id', 1, 'settled_by', 'usage', 'prompt_tokens', -5)))),
+          '22023:invalid_request', 'an element with a bad usage aborts the batch with 22023');
 
 -- Property: the hold bounds the charge of every usage its facts allow -------------------------------
 -- A random catalog of 24 models (prices with up to 12 decimals, some categories 0, cache writes and
