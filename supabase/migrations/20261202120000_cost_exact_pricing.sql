@@ -1823,6 +1823,8 @@ declare
   v_held bigint;
   v_price gateway.model_price;
   ch record;
+  v_credits bigint;
+  v_usd numeric;
   v_tokens bigint;
   v_balance bigint;
   v_overrun bigint;
@@ -1921,22 +1923,26 @@ begin
   end if;
 
   -- Priced as admitted; an overrun is charged in full (the operator paid upstream for it).
-  v_price := gateway.served_price(v_prices, v_dearest, p_model, v_mode);
+  v_price := case when v_prices is null and v_dearest.model <> 'openrouter/auto' then v_dearest
+                  else gateway.served_price(v_prices, v_dearest, p_model, v_mode) end;
   ch := gateway.charge(
     v_price, v_usd_per_credit, p_prompt, p_completion, p_cached, p_cache_write, p_reasoning,
     p_web_searches, p_images, p_cost);
-  v_overrun := greatest(ch.credits - v_held, 0);
+  -- Plain variables from here: the statements below are planned once, not per record shape.
+  v_credits := ch.credits;
+  v_usd := ch.upstream_usd;
+  v_overrun := greatest(v_credits - v_held, 0);
   if v_late then
     with b as (
       update gateway.credit_balances
-         set balance = balance - ch.credits
+         set balance = balance - v_credits
        where account_id = v_account
       returning balance
     ), l as (
       insert into gateway.ledger (account_id, kind, amount, balance_after, hold_id, reason, created_at)
-      select v_account, 'charge', -ch.credits, b.balance, p_hold_id, coalesce(p_model, u.model), p_now
+      select v_account, 'charge', -v_credits, b.balance, p_hold_id, coalesce(p_model, u.model), p_now
         from b
-       where ch.credits > 0
+       where v_credits > 0
     ), r as (
       update gateway.usage_records x set
         model = coalesce(p_model, u.model), prompt_tokens = p_prompt,
@@ -1944,8 +1950,8 @@ begin
         cached_tokens = least(p_cached, p_prompt),
         cache_write_tokens = least(p_cache_write, p_prompt - least(p_cached, p_prompt)),
         reasoning_tokens = least(p_reasoning, p_completion), web_search_requests = p_web_searches,
-        images = p_images, upstream_cost = p_cost, upstream_usd = ch.upstream_usd,
-        credits_charged = ch.credits, status = coalesce(p_status, 'success'),
+        images = p_images, upstream_cost = p_cost, upstream_usd = v_usd,
+        credits_charged = v_credits, status = coalesce(p_status, 'success'),
         settled_by = p_settled_by, latency_ms = p_latency_ms, generation_id = p_generation_id,
         note = 'settled after its hold expired', price = v_price, candidates = null,
         overrun_credits = v_overrun, settled_late = true, settled_at = p_now
@@ -1953,18 +1959,18 @@ begin
     )
     select b.balance into v_balance from b;
     raise warning using message = format(
-      'hold %s settled after it expired: %s credits charged late', p_hold_id, ch.credits);
+      'hold %s settled after it expired: %s credits charged late', p_hold_id, v_credits);
   else
     with b as (
       update gateway.credit_balances
-         set balance = balance - ch.credits, held = held - v_held
+         set balance = balance - v_credits, held = held - v_held
        where account_id = v_account
       returning balance
     ), l as (
       insert into gateway.ledger (account_id, kind, amount, balance_after, hold_id, reason, created_at)
-      select v_account, 'charge', -ch.credits, b.balance, p_hold_id, coalesce(p_model, h.model), p_now
+      select v_account, 'charge', -v_credits, b.balance, p_hold_id, coalesce(p_model, h.model), p_now
         from b
-       where ch.credits > 0
+       where v_credits > 0
     ), r as (
       insert into gateway.usage_records (
         hold_id, account_id, key_id, model, prompt_tokens, completion_tokens, total_tokens,
@@ -1974,10 +1980,10 @@ begin
         overrun_credits
       ) values (
         p_hold_id, v_account, v_key, coalesce(p_model, h.model), p_prompt, p_completion,
-        p_prompt + p_completion, p_cost, ch.credits, v_held, h.max_tokens,
+        p_prompt + p_completion, p_cost, v_credits, v_held, h.max_tokens,
         coalesce(p_status, 'success'), p_settled_by, p_latency_ms, p_generation_id, h.created_at,
         p_now, least(p_cached, p_prompt), least(p_cache_write, p_prompt - least(p_cached, p_prompt)),
-        least(p_reasoning, p_completion), p_web_searches, p_images, ch.upstream_usd, v_mode,
+        least(p_reasoning, p_completion), p_web_searches, p_images, v_usd, v_mode,
         v_usd_per_credit, v_price, h.facts, v_overrun
       )
     )
@@ -1987,11 +1993,11 @@ begin
   return jsonb_build_object(
     'settled', true,
     'hold_id', p_hold_id,
-    'credits_charged', ch.credits,
+    'credits_charged', v_credits,
     'held_credits', v_held,
     'overrun', v_overrun > 0,
     'overrun_credits', v_overrun,
-    'upstream_usd', ch.upstream_usd::text,
+    'upstream_usd', v_usd::text,
     'late', v_late,
     'balance_after', v_balance
   );
