@@ -8,7 +8,7 @@
 -- the facts allow) and the settle (at the reported usage), in both pricing modes:
 --   flat  credits = ceil(prompt × prompt_multiplier + completion × completion_multiplier
 --                        + (request + web searches × web_search + images × image) / usd_per_credit)
---         (a free catalog model costs 0)
+--         (a free catalog model's tokens cost 0)
 --   cost  credits = ceil(upstream USD × (1 + markup/100) / usd_per_credit), upstream USD being
 --         OpenRouter's usage.cost when reported, else computed from the stored catalog prices; an
 --         override with fixed multipliers is charged as in flat mode.
@@ -59,7 +59,8 @@ comment on column gateway.system_settings.refuse_unprofitable_models is
 -- fallbacks applied (a cache or reasoning price of 0 is its parent's price; no web_search price is
 -- web_result_usd), the override's multipliers and markup, and how it is charged: `fixed` (tokens ×
 -- multipliers + fees: flat mode, or a fixed-price override in cost mode), `by_cost` (upstream USD ×
--- markup), `free` (flat mode, a catalog model priced 0 for prompt and completion: nothing).
+-- markup), `free` (flat mode, a catalog model priced 0 for prompt and completion: its tokens cost
+-- nothing, fees still apply).
 create type gateway.model_price as (
   model text,
   catalog_id text,
@@ -454,15 +455,14 @@ declare
   v_q numeric;
 begin
   fees := p.request + p_web_searches * p.web_search + p_images * p.image;
-  token_credits := p_prompt * p.prompt_multiplier + p_completion * p.completion_multiplier;
+  -- A free model's tokens cost nothing; its fees (a web search) are still passed on.
+  token_credits := case when p.free then 0
+                        else p_prompt * p.prompt_multiplier + p_completion * p.completion_multiplier end;
   upstream_usd := coalesce(p_cost,
     (p_prompt - v_cached - v_write) * p.prompt + v_cached * p.input_cache_read
     + v_write * p.input_cache_write + (p_completion - v_reasoning) * p.completion
     + v_reasoning * p.internal_reasoning + fees);
   credits := 0;
-  if p.free then
-    return;
-  end if;
   -- ceil(num / den) as div() and a remainder test: numeric division rounds, div() does not.
   if p.fixed then
     v_num := token_credits * p_usd_per_credit + fees;
@@ -536,7 +536,7 @@ begin
   end if;
   -- The charge is affine in max_tokens before its ceil: solve each formula for the largest count
   -- within p_available, exactly (div), from its value at one token.
-  if not p.free then
+  if not p.free then  -- (free: the completion costs nothing, only the fees: any count)
     if p.fixed and p.completion_multiplier > 0 then
       v_q := least(v_q, 1 + div(
         p_available * p_usd_per_credit - (c.token_credits * p_usd_per_credit + c.fees),

@@ -4,7 +4,7 @@
 -- Prices are per token in USD; usd_per_credit is 0.00002 (1 credit = $0.00002).
 begin;
 \ir _helpers.sql
-select plan(102);
+select plan(103);
 -- A late settle raises a WARNING for the server log; not for this output.
 set local client_min_messages = error;
 
@@ -108,6 +108,11 @@ select tests.run(:'a', '{"models":["test/free:free"],"prompt_bound":100,"max_tok
 select is(array[:'r'::jsonb ->> 'hold', :'r'::jsonb ->> 'charge'], array['0', '0'],
           'flat: a free variant the catalog lists holds and costs nothing');
 select is(:'r'::jsonb #>> '{begin,prompt_multiplier}', '0', '… and tells the transitional preview so');
+select tests.run(:'a', '{"models":["test/free:free"],"prompt_bound":100,"web_results":1,"max_tokens":50}',
+                 '{"model":"test/free:free","prompt_tokens":2100,"completion_tokens":50,"web_search_requests":1}',
+                 :'t') as r \gset
+select is(array[:'r'::jsonb ->> 'hold', :'r'::jsonb ->> 'charge'], array['200', '200'],
+          'flat: a free model''s web search is still a fee (0.004 USD per search, 200 credits)');
 select tests.run(:'a', '{"models":["test/free"],"prompt_bound":100,"max_tokens":50}',
                  '{"model":"test/free","prompt_tokens":100,"completion_tokens":50}', :'t') as r \gset
 select is(:'r'::jsonb ->> 'charge', '150', 'flat: its paid base model is not free');
@@ -121,8 +126,8 @@ select is(tests.b(:'a', '{"models":["test/plain","test/nope"],"prompt_bound":1,"
           '… also as a fallback, and the refusal names it');
 select is((select count(*) from gateway.holds h where h.account_id = (:'a'::jsonb ->> 'user_id')::bigint), 0::bigint,
           'refused for pricing: nothing held');
-select is(gateway.window_usage('account', (:'a'::jsonb ->> 'user_id')::bigint, :'t') ->> 'requests_this_minute', '5',
-          '… and nothing counted (only the 5 admitted requests)');
+select is(gateway.window_usage('account', (:'a'::jsonb ->> 'user_id')::bigint, :'t') ->> 'requests_this_minute', '6',
+          '… and nothing counted (only the 6 admitted requests)');
 
 -- Overrides: exact id, the catalog id a variant resolves to, the longest prefix ---------------------
 select gateway.set_model_pricing('test/plain', 2, 3) is not null as o1 \gset
