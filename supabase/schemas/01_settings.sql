@@ -1,5 +1,5 @@
--- System settings (one typed row), per-model prices, the shared models-catalog cache, health, and
--- the operator functions that change them. A limit's default lives here and nowhere else.
+-- System settings (one typed row), the shared models-catalog cache, health, and the operator
+-- functions that change them. A limit's default lives here and nowhere else.
 
 -- One row of typed, checked columns: a typo in a name or a negative limit fails at write time, and
 -- the request path reads it with one primary-key probe.
@@ -14,15 +14,33 @@ create table gateway.system_settings (
   tokens_per_minute bigint not null default 10000 check (tokens_per_minute >= 0),
   tokens_per_hour bigint not null default 100000 check (tokens_per_hour >= 0),
   tokens_per_day bigint not null default 1000000 check (tokens_per_day >= 0),
-  registrations_per_ip_per_hour integer not null default 5 check (registrations_per_ip_per_hour >= 0),
+  registrations_per_network_per_hour integer not null default 5
+    check (registrations_per_network_per_hour >= 0),
   max_keys_per_account integer not null default 25 check (max_keys_per_account >= 1),
   max_rotation_grace_seconds integer not null default 604800
     check (max_rotation_grace_seconds >= 0),
   models_cache_ttl_seconds integer not null default 3600 check (models_cache_ttl_seconds >= 0),
   idempotency_ttl_seconds integer not null default 86400 check (idempotency_ttl_seconds >= 60),
-  usd_per_credit numeric not null default 0.00002 check (usd_per_credit >= 0),
-  updated_at timestamptz not null default now()
+  usd_per_credit numeric not null default 0.00002 check (usd_per_credit > 0),
+  updated_at timestamptz not null default now(),
+  pricing_mode text not null default 'flat' check (pricing_mode in ('flat', 'cost')),
+  markup_percent numeric not null default 0
+    check (markup_percent >= 0 and markup_percent <= 100000),
+  image_part_tokens integer not null default 3000 check (image_part_tokens >= 0),
+  audio_part_tokens integer not null default 20000 check (audio_part_tokens >= 0),
+  file_part_tokens integer not null default 50000 check (file_part_tokens >= 0),
+  web_result_tokens integer not null default 2000 check (web_result_tokens >= 0),
+  web_result_usd numeric not null default 0.004 check (web_result_usd >= 0),
+  refuse_unprofitable_models boolean not null default false,
+  registrations_per_hour integer not null default 100 check (registrations_per_hour >= 0),
+  registration_ipv4_prefix integer not null default 24 check (registration_ipv4_prefix between 8 and 32),
+  registration_ipv6_prefix integer not null default 64
+    check (registration_ipv6_prefix between 16 and 128)
 );
+comment on column gateway.system_settings.registrations_per_network_per_hour is
+  'Self-service sign-ups per hour from one network (an IPv4 /24, an IPv6 /64: one subscriber).';
+comment on column gateway.system_settings.registrations_per_hour is
+  'Self-service sign-ups per hour over all networks: caps the free credits given away per hour.';
 comment on table gateway.system_settings is
   'The one row of system settings. Change with gateway.set_setting(name, value).';
 comment on column gateway.system_settings.signup_credits is 'Credits granted at registration.';
@@ -31,7 +49,25 @@ comment on column gateway.system_settings.default_max_tokens is
 comment on column gateway.system_settings.hold_timeout_seconds is
   'An open hold older than this is voided by the sweeper and recorded with status expired.';
 comment on column gateway.system_settings.usd_per_credit is
-  'Display price of one credit in USD (monitor "cost" fields). Spec: 1 token = 1 credit = $0.00002.';
+  'USD per credit: what a credit is sold for (monitor costs, usage.cost) and the rate at which USD '
+  'prices become credits (fees in flat mode, everything in cost mode).';
+comment on column gateway.system_settings.pricing_mode is
+  'flat: credits per token (1, or the model''s multipliers) plus pass-through fees; cost: upstream '
+  'USD × (1 + markup_percent/100) / usd_per_credit. Applies to requests admitted after the change.';
+comment on column gateway.system_settings.markup_percent is
+  'Cost mode: the default markup on upstream cost (a model_pricing row can override it).';
+comment on column gateway.system_settings.image_part_tokens is
+  'Prompt tokens a hold allows per image part whose bytes are not in the prompt bound.';
+comment on column gateway.system_settings.audio_part_tokens is
+  'Prompt tokens a hold allows per audio part.';
+comment on column gateway.system_settings.file_part_tokens is
+  'Prompt tokens a hold allows per file part (a file given by URL has no bytes to count).';
+comment on column gateway.system_settings.web_result_tokens is
+  'Prompt tokens a hold allows per web-search result the request may pull.';
+comment on column gateway.system_settings.web_result_usd is
+  'USD per web search when the catalog gives the model no web_search price (OpenRouter''s web plugin).';
+comment on column gateway.system_settings.refuse_unprofitable_models is
+  'Refuse (403 model_not_available) models whose catalog price is above what their multipliers charge.';
 alter table gateway.system_settings enable row level security;
 create policy no_api_access on gateway.system_settings
   for all to anon, authenticated using (false) with check (false);
@@ -100,42 +136,6 @@ grant execute on function gateway.set_setting(text, text) to service_role;
 comment on function gateway.set_setting(text, text) is
   'Operator: set one system setting, e.g. select gateway.set_setting(''signup_credits'', ''500'').';
 
--- Per-model price in credits per token; a model without a row costs 1 and 1.
-create table gateway.model_pricing (
-  model text primary key,
-  prompt_multiplier numeric not null default 1 check (prompt_multiplier >= 0),
-  completion_multiplier numeric not null default 1 check (completion_multiplier > 0),
-  updated_at timestamptz not null default now()
-);
-comment on table gateway.model_pricing is
-  'Credits per token for a model (prompt and completion). Unknown models: 1 and 1. A request is '
-  'priced at admission (the hold stores the multipliers); later changes do not affect it.';
-alter table gateway.model_pricing enable row level security;
-create policy no_api_access on gateway.model_pricing
-  for all to anon, authenticated using (false) with check (false);
-
--- Operator: sets a model's multipliers (insert or update); holds already placed keep theirs.
-create or replace function gateway.set_model_pricing(
-  p_model text,
-  p_prompt_multiplier numeric,
-  p_completion_multiplier numeric
-)
-returns gateway.model_pricing
-language sql
-security definer
-set search_path = ''
-as $$
-  insert into gateway.model_pricing (model, prompt_multiplier, completion_multiplier)
-  values (p_model, p_prompt_multiplier, p_completion_multiplier)
-  on conflict (model) do update
-    set prompt_multiplier = excluded.prompt_multiplier,
-        completion_multiplier = excluded.completion_multiplier,
-        updated_at = now()
-  returning *;
-$$;
-revoke execute on function gateway.set_model_pricing(text, numeric, numeric) from public;
-grant execute on function gateway.set_model_pricing(text, numeric, numeric) to service_role;
-
 -- The OpenRouter models catalog, shared by every edge isolate and kept across restarts.
 create table gateway.models_cache (
   id boolean primary key default true check (id),
@@ -173,8 +173,8 @@ $$;
 revoke execute on function gateway.models_cache() from public;
 grant execute on function gateway.models_cache() to gateway_api;
 
--- Stores a refreshed catalog; p_data null with p_error records a failed refresh and keeps the last
--- good copy.
+-- Stores a refreshed catalog and prices it (gateway.store_model_catalog, 02_pricing.sql); p_data
+-- null with p_error records a failed refresh and keeps the last good copy.
 create or replace function gateway.store_models_cache(
   p_data jsonb,
   p_error text default null,
@@ -191,6 +191,7 @@ begin
        set data = p_data, fetched_at = p_now, last_error = p_error,
            last_error_at = case when p_error is null then last_error_at else p_now end
      where id;
+    perform gateway.store_model_catalog(p_data, p_now);
   elsif p_error is not null then
     update gateway.models_cache set last_error = p_error, last_error_at = p_now where id;
   else

@@ -16,6 +16,9 @@ create table gateway.accounts (
   -- A deleted account is a tombstone: personal data erased, ledger and usage kept.
   deleted_at timestamptz
 );
+-- Rows written before this limit may exceed it (not valid): it holds for every new write.
+alter table gateway.accounts
+  add constraint accounts_settings_size check (octet_length(settings::text) <= 16384) not valid;
 comment on table gateway.accounts is
   'A gateway user. Never deleted: gateway.delete_account erases personal data and keeps a tombstone, '
   'so the ledger, usage records and audit log (which carry no foreign keys) never dangle.';
@@ -104,8 +107,9 @@ $$;
 revoke execute on function gateway.post_ledger(bigint, text, bigint, text, text, timestamptz)
   from public;
 
--- Grants (p_credits > 0) or adjusts (p_credits < 0, never below zero) an account's credits, on the
--- locked balance row.
+-- Grants (p_credits > 0) or adjusts (p_credits < 0) an account's credits, on the locked balance row.
+-- An adjustment takes at most the available credits (balance - held): held credits are owed to
+-- requests in flight, whose settles must not take the balance below zero.
 create or replace function gateway.grant_credits(
   p_account_id bigint,
   p_credits bigint,
@@ -120,20 +124,26 @@ set search_path = ''
 as $$
 declare
   v_balance bigint;
+  v_held bigint;
 begin
   if p_credits is null or p_credits = 0 then
     raise exception using errcode = '22023', hint = 'invalid_request',
       message = 'credits must be a non-zero whole number';
   end if;
-  select b.balance into v_balance
+  if length(p_reason) > 500 then
+    raise exception using errcode = '22023', hint = 'invalid_request',
+      message = 'reason: at most 500 characters';
+  end if;
+  select b.balance, b.held into v_balance, v_held
     from gateway.credit_balances b where b.account_id = p_account_id for update;
   if not found then
     raise exception using errcode = 'P0002', hint = 'not_found', message = 'user not found';
   end if;
-  if p_credits < 0 and v_balance + p_credits < 0 then
+  if p_credits < 0 and v_balance - v_held + p_credits < 0 then
     raise exception using errcode = '22023', hint = 'invalid_request',
-      message = format('an adjustment of %s would make the balance (%s) negative', p_credits,
-                       v_balance);
+      message = format('an adjustment of %s exceeds the available credits: %s (balance %s, of '
+                       'which %s held by requests in flight)',
+                       p_credits, greatest(v_balance - v_held, 0), v_balance, v_held);
   end if;
   return gateway.post_ledger(
     p_account_id, case when p_credits > 0 then 'grant' else 'adjustment' end, p_credits, p_reason,

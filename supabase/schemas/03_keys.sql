@@ -215,6 +215,11 @@ create table gateway.key_audit_log (
   client_ip inet,
   created_at timestamptz not null default now()
 );
+-- Rows written before these limits may exceed them (not valid): they hold for every new write.
+alter table gateway.api_keys
+  add constraint api_keys_allowed_ips_count check (cardinality(allowed_ips) <= 100) not valid,
+  add constraint api_keys_allowed_referrers_count check (cardinality(allowed_referrers) <= 100)
+    not valid;
 comment on table gateway.key_audit_log is
   'Append-only: every key operation (create, rotate, update, delete, deactivate, …): who (actor key '
   'or operator role), what, when, from which IP. No API and no role can update or delete it.';
@@ -454,6 +459,10 @@ begin
     raise exception using errcode = '22023', hint = 'invalid_request',
       message = 'permissions must be an array of "read", "write", "admin"';
   end if;
+  if jsonb_array_length(p_value) > 3 then
+    raise exception using errcode = '22023', hint = 'invalid_request',
+      message = 'permissions: at most 3 entries';
+  end if;
   select coalesce(array_agg(distinct p order by p), '{}') into v_perms
     from jsonb_array_elements_text(p_value) p;
   if cardinality(v_perms) = 0 or not (v_perms <@ array['read', 'write', 'admin']) then
@@ -483,13 +492,17 @@ begin
     raise exception using errcode = '22023', hint = 'invalid_request',
       message = 'allowed_ips must be an array of IP addresses or CIDR ranges';
   end if;
+  if jsonb_array_length(p_value) > 100 then
+    raise exception using errcode = '22023', hint = 'invalid_request',
+      message = 'allowed_ips: at most 100 addresses or ranges';
+  end if;
   for v_item in select jsonb_array_elements_text(p_value) loop
     begin
       -- '10.1.2.3/8' means the /8: host bits are dropped rather than refused.
       v_out := v_out || network(v_item::inet)::cidr;
     exception when invalid_text_representation then
       raise exception using errcode = '22023', hint = 'invalid_request',
-        message = format('not an IP address or CIDR range: %s', v_item);
+        message = format('not an IP address or CIDR range: %s', left(v_item, 64));
     end;
   end loop;
   return v_out;
@@ -514,14 +527,20 @@ begin
     raise exception using errcode = '22023', hint = 'invalid_request',
       message = 'allowed_referrers must be an array of domains (example.com or *.example.com)';
   end if;
+  if jsonb_array_length(p_value) > 100 then
+    raise exception using errcode = '22023', hint = 'invalid_request',
+      message = 'allowed_referrers: at most 100 domains';
+  end if;
   select coalesce(array_agg(distinct lower(d) order by lower(d)), '{}') into v_out
     from jsonb_array_elements_text(p_value) d;
   if exists (
     select from unnest(v_out) d
-     where d !~ '^(\*\.)?[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)*$'
+     where length(d) > 253
+        or d !~ '^(\*\.)?[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)*$'
   ) then
     raise exception using errcode = '22023', hint = 'invalid_request',
-      message = 'allowed_referrers must be domains: example.com or *.example.com';
+      message = 'allowed_referrers must be domains of up to 253 characters: example.com or '
+                '*.example.com';
   end if;
   return v_out;
 end
@@ -652,7 +671,8 @@ $$;
 revoke execute on function gateway.raise_fence_escape(text) from public;
 
 -- The caller's key p_key_id, locked, if the caller may manage it: same account and not deleted
--- (else 404), permissions and every fence within the caller's (else 403).
+-- (else 404), permissions and every fence within the caller's, and a caller with a limit of its own
+-- (gateway.key_own_limit) manages only itself (else 403).
 create or replace function gateway.managed_key(p_caller gateway.api_keys, p_key_id bigint)
 returns gateway.api_keys
 language plpgsql
@@ -661,6 +681,7 @@ set search_path = ''
 as $$
 declare
   v_key gateway.api_keys;
+  v_limit text;
 begin
   select x.* into v_key
     from gateway.api_keys x
@@ -668,6 +689,14 @@ begin
      for update;
   if not found then
     raise exception using errcode = 'P0002', hint = 'not_found', message = 'API key not found';
+  end if;
+  if v_key.id <> p_caller.id then
+    v_limit := gateway.key_own_limit(p_caller);
+    if v_limit is not null then
+      raise exception using errcode = '42501', hint = 'permission_denied',
+        message = format('a key with its own %s can manage only itself; use a key without one',
+                         v_limit);
+    end if;
   end if;
   if not (v_key.permissions <@ p_caller.permissions) then
     raise exception using errcode = '42501', hint = 'permission_denied',

@@ -259,3 +259,22 @@ begin
 end
 $$;
 revoke execute on function gateway.apply_rate_limits(bigint, bigint, jsonb) from public;
+
+-- The limit of p_key's own that makes it a spending key ('request cap', 'rate limits'), or null
+-- (here, not in 03_keys: it reads key_rate_limits).
+-- Every limit a key can carry belongs here: a key that could mint, raise or rotate keys would
+-- spend outside it.
+create or replace function gateway.key_own_limit(p_key gateway.api_keys)
+returns text
+language sql
+stable
+security definer
+set search_path = ''
+as $$
+  select case
+    when p_key.max_requests is not null then 'request cap'
+    -- A row exists only while one of its limits is set (apply_rate_limits drops an all-null row).
+    when exists (select from gateway.key_rate_limits l where l.key_id = p_key.id) then 'rate limits'
+  end;
+$$;
+revoke execute on function gateway.key_own_limit(gateway.api_keys) from public;

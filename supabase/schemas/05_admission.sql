@@ -17,11 +17,25 @@ create table gateway.holds (
   completion_multiplier numeric not null,
   count_key_windows boolean not null,
   created_at timestamptz not null,
-  reserved boolean not null default false
+  reserved boolean not null default false,
+  prices gateway.model_price[],
+  dearest gateway.model_price not null,
+  pricing_mode text not null,
+  usd_per_credit numeric not null,
+  facts jsonb not null,
+  expires_at timestamptz not null
 ) with (autovacuum_vacuum_scale_factor = 0.02, autovacuum_vacuum_threshold = 1000);
 comment on table gateway.holds is
-  'Open holds only: credits reserved for a request in flight (worst case: prompt estimate + '
-  'max_tokens, priced at admission). settle/void/the sweeper delete the row and write its usage record.';
+  'Open holds only: credits reserved for a request in flight, the worst case of its facts at the '
+  'dearest candidate''s prices (stored with it). settle/void/the sweeper delete the row and write '
+  'its usage record.';
+comment on column gateway.holds.prompt_estimate is
+  'Prompt tokens the hold covers: the prompt bound plus the allowances of parts and web results.';
+comment on column gateway.holds.prices is
+  'The candidates'' prices at admission, when more than one (else dearest is the only one); the '
+  'settle charges the served model''s (gateway.served_price).';
+comment on column gateway.holds.expires_at is
+  'Admission + greatest(hold_timeout_seconds, the request''s lifetime): when the sweeper may expire it.';
 comment on column gateway.holds.reserved is
   'Admitted ahead of its request by gateway.reserve_admissions. Only such holds can be cancelled '
   '(gateway.cancel_admissions); settle, void and the sweeper close them like any other.';
@@ -29,16 +43,124 @@ alter table gateway.holds enable row level security;
 create policy no_api_access on gateway.holds
   for all to anon, authenticated using (false) with check (false);
 
--- Admits one request (key and fences, rate windows, credits, request cap) and holds its worst
--- case, or refuses with nothing counted or held. Available credits never go below zero.
-create or replace function gateway.begin_request(
+
+-- Request facts (begin_request's p_facts, begin_requests' elements, reserve_admissions'), checked:
+-- anything missing, unknown, negative or out of range is 22023 with a message of our own.
+--   models            1–16 model ids (1–256 characters), deduplicated in order; openrouter/auto = all
+--   prompt_bound      tokens: bytes of the body as it goes upstream, minus inline image/audio data
+--   parts             {"images", "audio", "files"}: non-text parts, 0–1000 each (default 0)
+--   web_results       web-search results the request may pull, 0–100 (default 0; :online counts 5)
+--   max_tokens        1–2^31-1, or null/absent for the default_max_tokens setting
+--   lifetime_seconds  how long the function may keep the request alive, 0–86400 (default 0)
+create or replace function gateway.request_facts(
+  p jsonb,
+  out models text[],
+  out prompt_bound bigint,
+  out images integer,
+  out audio integer,
+  out files integer,
+  out web_results integer,
+  out max_tokens integer,
+  out lifetime_seconds integer
+)
+language plpgsql
+immutable
+security definer
+set search_path = ''
+as $$
+declare
+  -- Plain expressions, no queries: this runs for every admission.
+  v_parts jsonb := nullif(p -> 'parts', 'null');
+  v_models jsonb := p -> 'models';
+  v_bad text;
+begin
+  if jsonb_typeof(p) is distinct from 'object' then
+    v_bad := 'the request facts must be a JSON object';
+  elsif p - array['models', 'prompt_bound', 'parts', 'web_results', 'max_tokens',
+                  'lifetime_seconds'] <> '{}' then
+    v_bad := format('unknown request facts: %s', left(array_to_string(array(
+      select jsonb_object_keys(p - array['models', 'prompt_bound', 'parts', 'web_results',
+                                         'max_tokens', 'lifetime_seconds'])), ', '), 200));
+  elsif jsonb_typeof(v_models) is distinct from 'array'
+        or jsonb_array_length(v_models) not between 1 and 16
+        or jsonb_path_exists(v_models, '$[*] ? (@.type() != "string")') then
+    v_bad := 'models must be an array of 1 to 16 model ids';
+  elsif coalesce(jsonb_typeof(p -> 'prompt_bound'), '') <> 'number'
+        or (p ->> 'prompt_bound') !~ '^[0-9]{1,10}$'
+        or (p ->> 'prompt_bound')::bigint > 2147483647 then
+    v_bad := 'prompt_bound must be an integer from 0 to 2147483647';
+  elsif coalesce(jsonb_typeof(p -> 'web_results'), 'null') not in ('null', 'number')
+        or (p ->> 'web_results') !~ '^[0-9]{1,3}$' or (p ->> 'web_results')::integer > 100 then
+    v_bad := 'web_results must be an integer from 0 to 100';
+  elsif coalesce(jsonb_typeof(p -> 'max_tokens'), 'null') not in ('null', 'number')
+        or (p ->> 'max_tokens') !~ '^[0-9]{1,10}$' or (p ->> 'max_tokens')::bigint > 2147483647
+        or (p ->> 'max_tokens')::bigint < 1 then
+    v_bad := 'max_tokens must be an integer from 1 to 2147483647, or null';
+  elsif coalesce(jsonb_typeof(p -> 'lifetime_seconds'), 'null') not in ('null', 'number')
+        or (p ->> 'lifetime_seconds') !~ '^[0-9]{1,5}$'
+        or (p ->> 'lifetime_seconds')::integer > 86400 then
+    v_bad := 'lifetime_seconds must be an integer from 0 to 86400';
+  elsif v_parts is not null
+        and (jsonb_typeof(v_parts) <> 'object'
+             or v_parts - array['images', 'audio', 'files'] <> '{}'
+             or coalesce(jsonb_typeof(v_parts -> 'images'), 'null') not in ('null', 'number')
+             or (v_parts ->> 'images') !~ '^[0-9]{1,4}$' or (v_parts ->> 'images')::integer > 1000
+             or coalesce(jsonb_typeof(v_parts -> 'audio'), 'null') not in ('null', 'number')
+             or (v_parts ->> 'audio') !~ '^[0-9]{1,4}$' or (v_parts ->> 'audio')::integer > 1000
+             or coalesce(jsonb_typeof(v_parts -> 'files'), 'null') not in ('null', 'number')
+             or (v_parts ->> 'files') !~ '^[0-9]{1,4}$' or (v_parts ->> 'files')::integer > 1000)
+  then
+    v_bad := 'parts must be {"images", "audio", "files"}, each an integer from 0 to 1000';
+  end if;
+  if v_bad is not null then
+    raise exception using errcode = '22023', hint = 'invalid_request', message = v_bad;
+  end if;
+  if jsonb_array_length(v_models) = 1 then
+    models := array[v_models ->> 0];
+    v_bad := case when length(models[1]) not between 1 and 256 then 'bad' end;
+  else
+    select array_agg(x.id order by x.first), max(case when length(x.id) not between 1 and 256
+                                                      then 'bad' end)
+      into models, v_bad
+      from (select e.id, min(e.o) as first
+              from jsonb_array_elements_text(v_models) with ordinality e (id, o)
+             group by e.id) x;
+  end if;
+  if v_bad is not null then
+    raise exception using errcode = '22023', hint = 'invalid_request',
+      message = 'a model id must have 1 to 256 characters';
+  end if;
+  prompt_bound := (p ->> 'prompt_bound')::bigint;
+  images := coalesce((v_parts ->> 'images')::integer, 0);
+  audio := coalesce((v_parts ->> 'audio')::integer, 0);
+  files := coalesce((v_parts ->> 'files')::integer, 0);
+  web_results := coalesce((p ->> 'web_results')::integer, 0);
+  max_tokens := (p ->> 'max_tokens')::integer;
+  lifetime_seconds := coalesce((p ->> 'lifetime_seconds')::integer, 0);
+end
+$$;
+revoke execute on function gateway.request_facts(jsonb) from public;
+
+-- Admission ---------------------------------------------------------------------------------------
+-- begin_request's body, for its two signatures and begin_requests: the facts typed and checked.
+-- Unchanged from 20261125153547 but for the pricing: the candidates are priced (a refusal counts
+-- nothing), the credit checks and the hold are gateway.hold_for's, and the hold keeps its prices.
+-- p_transitional (the old signatures): an unknown model at its override or 1 credit per token in
+-- flat mode, and no `pricing` in the answer (that caller reads the multipliers).
+create or replace function gateway.admit(
   p_key_hash bytea,
   p_client_ip inet,
   p_referrer text,
-  p_model text,
+  p_models text[],
+  p_prompt_bound bigint,
+  p_images integer,
+  p_audio integer,
+  p_files integer,
+  p_web_results integer,
   p_max_tokens integer,
-  p_prompt_tokens integer,
-  p_now timestamptz default now()
+  p_lifetime_seconds integer,
+  p_transitional boolean,
+  p_now timestamptz
 )
 returns jsonb
 language plpgsql
@@ -51,6 +173,8 @@ declare
     array['minute', 'hour', 'day']::gateway.rate_granularity[];
   c_names constant text[] := array['minute', 'hour', 'day', 'minute', 'hour', 'day'];
   v record;
+  pc record;
+  hf record;
   v_hash bytea := p_key_hash;
   v_reason text;
   v_answer jsonb;
@@ -64,12 +188,14 @@ declare
   v_req_used bigint[];
   v_tok_used bigint[];
   v_counted boolean := false;
+  v_affordable boolean;
   v_refused integer;
   v_refused_kind text;
   v_retry integer;
   v_reset integer;
-  v_prompt integer := coalesce(p_prompt_tokens, 0);
-  v_prompt_cost numeric;
+  v_web integer;
+  v_prompt bigint;
+  v_want bigint;
   v_balance bigint;
   v_held bigint;
   v_max_tokens bigint;
@@ -80,15 +206,12 @@ declare
   v_req_rem bigint;
   v_tok_at integer;
   v_tok_rem bigint;
+  v_dearest jsonb;
+  v_candidates jsonb;
   r1 bigint; r2 bigint; r3 bigint; t1 bigint; t2 bigint; t3 bigint;
   r4 bigint; r5 bigint; r6 bigint; t4 bigint; t5 bigint; t6 bigint;
 begin
-  if p_max_tokens < 1 or v_prompt < 0 then
-    raise exception using errcode = '22023', hint = 'invalid_request',
-      message = 'max_tokens must be >= 1 and prompt_tokens >= 0';
-  end if;
-
-  -- 1. The key, its account, balance, limits and the model's price: one statement of unique-index
+  -- 1. The key, its account, balance, limits and the settings: one statement of unique-index
   --    probes, no locks, by the hash of the key's current secret. If no key has this one, it may be
   --    the previous secret of a key within its grace: then the same statement again, with that
   --    key's current hash (an unknown key pays the second probe; a known one no longer pays for
@@ -98,6 +221,9 @@ begin
            k.deleted_at is not null as deleted, k.expires_at, k.permissions, k.allowed_ips,
            k.allowed_referrers, k.max_requests,
            c.requests_used, a.is_active as account_active, b.balance, b.held, s.default_max_tokens,
+           s.pricing_mode, s.markup_percent, s.usd_per_credit, s.web_result_usd,
+           s.refuse_unprofitable_models, s.image_part_tokens, s.audio_part_tokens,
+           s.file_part_tokens, s.web_result_tokens, s.hold_timeout_seconds,
            coalesce(r.requests_per_minute, s.requests_per_minute) as a_rpm,
            coalesce(r.requests_per_hour, s.requests_per_hour) as a_rph,
            coalesce(r.requests_per_day, s.requests_per_day) as a_rpd,
@@ -107,8 +233,7 @@ begin
            kl.key_id is not null as key_limited,
            kl.requests_per_minute as k_rpm, kl.requests_per_hour as k_rph,
            kl.requests_per_day as k_rpd, kl.tokens_per_minute as k_tpm,
-           kl.tokens_per_hour as k_tph, kl.tokens_per_day as k_tpd,
-           coalesce(mp.prompt_multiplier, 1) as pm, coalesce(mp.completion_multiplier, 1) as cm
+           kl.tokens_per_hour as k_tph, kl.tokens_per_day as k_tpd
       into v
       from gateway.api_keys k
       join gateway.key_counters c on c.key_id = k.id
@@ -117,7 +242,6 @@ begin
       join gateway.system_settings s on s.id
       left join gateway.rate_limits r on r.account_id = k.account_id
       left join gateway.key_rate_limits kl on kl.key_id = k.id
-      left join gateway.model_pricing mp on mp.model = p_model
      where k.key_hash = v_hash;
     exit when found or v_hash is distinct from p_key_hash;
     select k2.key_hash into v_hash
@@ -139,19 +263,52 @@ begin
       'ok', false, 'reason', v_reason, 'message', gateway.refusal_message(v_reason));
   end if;
 
+  -- The prices of the candidates: a model that cannot be priced is refused before anything counts.
+  pc := gateway.price_candidates(
+    p_models, v.pricing_mode, v.markup_percent, v.web_result_usd, v.usd_per_credit,
+    v.refuse_unprofitable_models, p_transitional);
+  if pc.refusal is not null then
+    return jsonb_build_object(
+      'ok', false, 'reason', pc.refusal, 'model', pc.refused_model,
+      'message', case pc.refusal
+        when 'model_not_found' then format(
+          'Model %s is not in the model catalog (a :free variant only if the catalog lists it)',
+          pc.refused_model)
+        when 'pricing_unavailable' then
+          'The model catalog has not been loaded yet, so no request can be priced; retry shortly'
+        else format('Model %s is not available on this gateway', pc.refused_model) end);
+  end if;
+  -- The worst prompt: the bound of its text, an allowance per part whose bytes it does not see and
+  -- per web result (:online searches as the web plugin's default, 5 results).
+  v_web := greatest(p_web_results,
+                    case when array_to_string(p_models, chr(1)) || chr(1) like '%:online' || chr(1) || '%'
+                         then 5 else 0 end);
+  v_prompt := p_prompt_bound + p_images::bigint * v.image_part_tokens
+              + p_audio::bigint * v.audio_part_tokens + p_files::bigint * v.file_part_tokens
+              + v_web::bigint * v.web_result_tokens;
+  if v_prompt > 2147483647 then
+    raise exception using errcode = '22023', hint = 'invalid_request',
+      message = 'the request is too large to be priced (its prompt bound exceeds 2^31 tokens)';
+  end if;
+  v_want := coalesce(p_max_tokens, v.default_max_tokens);
+  -- On the unlocked balance: whether one completion token is affordable at all (else it is refused
+  -- below, rate_limited or insufficient_credits, without writing anything).
+  hf := gateway.hold_for(
+    pc.dearest, v.usd_per_credit, v_prompt, v_web, p_images, v_want, v.balance - v.held);
+  v_affordable := v.balance > 0 and hf.max_tokens >= 1;
+
   v_n := case when v.key_limited then 6 else 3 end;
   v_req_limit := array[v.a_rpm, v.a_rph, v.a_rpd, v.k_rpm, v.k_rph, v.k_rpd];
   v_tok_limit := array[v.a_tpm, v.a_tph, v.a_tpd, v.k_tpm, v.k_tph, v.k_tpd];
-  v_prompt_cost := v_prompt * v.pm;
 
-  -- 2. Count the request, if the unlocked balance can afford one completion token at all (else it
-  --    is refused below, rate_limited or insufficient_credits, without writing anything). Per
-  --    subject, an UPDATE whose WHERE checks every limit (re-checked on the row under its lock when
-  --    a concurrent count changed it); when it counts nothing (no row yet, or a limit refuses), the
-  --    upsert, whose DO UPDATE … WHERE makes the same check and, refused, leaves the row locked for
-  --    the refusal's read below. A zero limit refuses even an empty window: then nothing is
-  --    inserted either. The account's row is locked before the key's.
-  if v.balance > 0 and v.balance - v.held - v_prompt_cost >= v.cm then
+  -- 2. Count the request, if affordable. Per subject, an UPDATE whose WHERE checks every limit
+  --    (re-checked on the row under its lock when a concurrent count changed it); when it counts
+  --    nothing (no row yet, or a limit refuses), the upsert, whose DO UPDATE … WHERE makes the same
+  --    check and, refused, leaves the row locked for the refusal's read below. A zero limit refuses
+  --    even an empty window: then nothing is inserted either. The account's row is locked before
+  --    the key's. The window-rollover case is written out: as a function it would cost ~23 µs more
+  --    per UPDATE (bench/probes/rollover-helper.sql).
+  if v_affordable then
     update gateway.rate_counters c set
       minute_start = greatest(c.minute_start, v_minute),
       minute_requests = case when c.minute_start >= v_minute then c.minute_requests + 1 else 1 end,
@@ -335,59 +492,72 @@ begin
           'scope', case when v_refused <= 3 then 'account' else 'key' end);
         exit decided;
       end if;
-      if v.balance > 0 and v.balance - v.held - v_prompt_cost >= v.cm then
+      if v_affordable then
         -- Not counted, yet no window is exhausted: cannot be (the refusing row is locked).
         raise exception 'rate counters of account % changed under their lock', v.account_id;
       end if;
+      v_balance := v.balance;
+      v_held := v.held;
+    else
+      v_req_used := array[r1, r2, r3, r4, r5, r6];
+      v_tok_used := array[t1, t2, t3, t4, t5, t6];
+
+      -- 3. Credits, decided on the locked balance row: the largest max_tokens the available
+      --    credits afford (capped by the request or the default), and its worst case as the hold.
+      select b.balance, b.held into v_balance, v_held
+        from gateway.credit_balances b where b.account_id = v.account_id
+         for update;
+      if v_balance is distinct from v.balance or v_held is distinct from v.held then
+        hf := gateway.hold_for(
+          pc.dearest, v.usd_per_credit, v_prompt, v_web, p_images, v_want, v_balance - v_held);
+      end if;
+      v_max_tokens := hf.max_tokens;
+      if v_max_tokens < 1 or v_balance <= 0 then
+        v_reason := 'insufficient_credits';
+      else
+        -- 4. The key's request cap, atomically (a concurrent request may have taken the last one).
+        update gateway.key_counters c
+           set requests_used = c.requests_used + 1, last_used_at = p_now
+         where c.key_id = v.key_id
+           and (v.max_requests is null or c.requests_used < v.max_requests);
+        if not found then
+          v_reason := 'key_request_cap';
+        end if;
+      end if;
+      if v_reason is not null then
+        -- Refused after counting: take the count back (both rows are still locked by this
+        -- transaction).
+        update gateway.rate_counters c
+           set minute_requests = c.minute_requests - 1, hour_requests = c.hour_requests - 1,
+               day_requests = c.day_requests - 1
+         where (c.subject_kind = 'account' and c.subject_id = v.account_id)
+            or (v.key_limited and c.subject_kind = 'key' and c.subject_id = v.key_id);
+        if v_reason <> 'insufficient_credits' then
+          return jsonb_build_object(
+            'ok', false, 'reason', v_reason, 'message', gateway.refusal_message(v_reason));
+        end if;
+        v_req_used := array[r1 - 1, r2 - 1, r3 - 1, r4 - 1, r5 - 1, r6 - 1];
+      end if;
+    end if;
+    if not v_counted or v_reason is not null then
+      -- Refused for credits: say by how much the worst case of one completion token exceeds
+      -- what the account can spend.
       v_answer := jsonb_build_object(
         'ok', false, 'reason', 'insufficient_credits',
-        'message', gateway.refusal_message('insufficient_credits'),
-        'balance', v.balance, 'available_credits', v.balance - v.held);
+        'message', case
+          when v_balance <= 0 then format(
+            'Insufficient credits: the balance is %s; add credits to continue', v_balance)
+          else format(
+            'Insufficient credits: this request''s worst case with one completion token is %s '
+            'credits (its prompt of up to %s tokens at the prices of %s), %s more than the %s '
+            'available; shorten the prompt or add credits',
+            hf.needed, v_prompt, array_to_string(p_models, ', '),
+            hf.needed - (v_balance - v_held), v_balance - v_held) end,
+        'balance', v_balance, 'available_credits', v_balance - v_held,
+        'needed_credits', hf.needed);
       exit decided;
     end if;
-
-    v_req_used := array[r1, r2, r3, r4, r5, r6];
-    v_tok_used := array[t1, t2, t3, t4, t5, t6];
-
-    -- 3. Credits, decided on the locked balance row: the largest max_tokens the available credits
-    --    afford (capped by the request or the default), and its worst-case cost as the hold.
-    select b.balance, b.held into v_balance, v_held
-      from gateway.credit_balances b where b.account_id = v.account_id
-       for update;
-    v_max_tokens := least(coalesce(p_max_tokens, v.default_max_tokens),
-                          floor((v_balance - v_held - v_prompt_cost) / v.cm));
-    if v_max_tokens is null or v_max_tokens < 1 or v_balance <= 0 then
-      v_reason := 'insufficient_credits';
-    else
-      -- 4. The key's request cap, atomically (a concurrent request may have taken the last one).
-      update gateway.key_counters c
-         set requests_used = c.requests_used + 1, last_used_at = p_now
-       where c.key_id = v.key_id
-         and (v.max_requests is null or c.requests_used < v.max_requests);
-      if not found then
-        v_reason := 'key_request_cap';
-      end if;
-    end if;
-    if v_reason is not null then
-      -- Refused after counting: take the count back (both rows are still locked by this
-      -- transaction).
-      update gateway.rate_counters c
-         set minute_requests = c.minute_requests - 1, hour_requests = c.hour_requests - 1,
-             day_requests = c.day_requests - 1
-       where (c.subject_kind = 'account' and c.subject_id = v.account_id)
-          or (v.key_limited and c.subject_kind = 'key' and c.subject_id = v.key_id);
-      if v_reason = 'insufficient_credits' then
-        v_req_used := array[r1 - 1, r2 - 1, r3 - 1, r4 - 1, r5 - 1, r6 - 1];
-        v_answer := jsonb_build_object(
-          'ok', false, 'reason', 'insufficient_credits',
-          'message', gateway.refusal_message('insufficient_credits'),
-          'balance', v_balance, 'available_credits', v_balance - v_held);
-        exit decided;
-      end if;
-      return jsonb_build_object(
-        'ok', false, 'reason', v_reason, 'message', gateway.refusal_message(v_reason));
-    end if;
-    v_hold := ceil(v_prompt_cost + v_max_tokens * v.cm);
+    v_hold := hf.amount;
 
     -- 5. Place the hold (the balance row is already locked by this transaction).
     with b as (
@@ -395,10 +565,17 @@ begin
     )
     insert into gateway.holds (
       account_id, key_id, model, amount, max_tokens, prompt_estimate, prompt_multiplier,
-      completion_multiplier, count_key_windows, created_at
+      completion_multiplier, count_key_windows, created_at, prices, dearest, pricing_mode,
+      usd_per_credit, facts, expires_at
     ) values (
-      v.account_id, v.key_id, coalesce(p_model, ''), v_hold, v_max_tokens, v_prompt, v.pm, v.cm,
-      v.key_limited, p_now
+      v.account_id, v.key_id, p_models[1], v_hold, v_max_tokens, v_prompt,
+      (pc.dearest).prompt_multiplier, (pc.dearest).completion_multiplier, v.key_limited, p_now,
+      case when cardinality(pc.prices) > 1 then pc.prices end, pc.dearest, v.pricing_mode,
+      v.usd_per_credit,
+      jsonb_build_object('prompt_bound', p_prompt_bound, 'images', p_images, 'audio', p_audio,
+                         'files', p_files, 'web_results', v_web,
+                         'lifetime_seconds', p_lifetime_seconds),
+      p_now + make_interval(secs => greatest(v.hold_timeout_seconds, p_lifetime_seconds))
     )
     returning id into v_hold_id;
   end decided;
@@ -442,6 +619,14 @@ begin
     return v_answer || jsonb_build_object('limits', v_limits);
   end if;
 
+  if not p_transitional then
+    v_dearest := gateway.price_json(pc.dearest);
+    if cardinality(pc.prices) = 1 then
+      v_candidates := jsonb_build_array(v_dearest);
+    else
+      select jsonb_agg(gateway.price_json(x)) into v_candidates from unnest(pc.prices) x;
+    end if;
+  end if;
   return jsonb_build_object(
     'ok', true,
     'hold_id', v_hold_id,
@@ -452,12 +637,76 @@ begin
     'max_tokens', v_max_tokens,
     'balance', v_balance,
     'available_credits', v_balance - v_held - v_hold,
-    -- What the charge will be computed from (gateway.credits_for), so that the function can report
-    -- it without waiting for the settle. As text: numeric is exact, a JSON number is a double.
-    'prompt_multiplier', v.pm::text,
-    'completion_multiplier', v.cm::text,
+    'expires_at', p_now + make_interval(secs => greatest(v.hold_timeout_seconds, p_lifetime_seconds)),
+    -- What the settle will charge by (gateway.charge at the served candidate's prices), so that
+    -- the function can report it without waiting: every number as exact decimal text.
+    'pricing', case when not p_transitional then jsonb_build_object(
+      'mode', v.pricing_mode,
+      'usd_per_credit', v.usd_per_credit::text,
+      'candidates', v_candidates,
+      'dearest', v_dearest) end,
+    -- TRANSITIONAL (the function's credits.ts until it reads `pricing`): the dearest candidate's
+    -- credits per token in flat mode (0 for a free model).
+    'prompt_multiplier', case when (pc.dearest).free then '0'
+                              else (pc.dearest).prompt_multiplier::text end,
+    'completion_multiplier', case when (pc.dearest).free then '0'
+                                  else (pc.dearest).completion_multiplier::text end,
     'limits', v_limits
   );
+end
+$$;
+revoke execute on function gateway.admit(bytea, inet, text, text[], bigint, integer, integer, integer, integer, integer, integer, boolean, timestamptz) from public;
+
+-- Admits a request from its measured facts (gateway.request_facts) and holds the worst case of
+-- them at its dearest candidate's prices. One transaction; refusals are answers, bad input 22023.
+create or replace function gateway.begin_request(
+  p_key_hash bytea,
+  p_client_ip inet,
+  p_referrer text,
+  p_facts jsonb,
+  p_now timestamptz default now()
+)
+returns jsonb
+language plpgsql
+security definer
+set search_path = ''
+as $$
+declare
+  f record;
+begin
+  f := gateway.request_facts(p_facts);
+  return gateway.admit(
+    p_key_hash, p_client_ip, p_referrer, f.models, f.prompt_bound, f.images, f.audio, f.files,
+    f.web_results, f.max_tokens, f.lifetime_seconds, false, p_now);
+end
+$$;
+revoke execute on function gateway.begin_request(bytea, inet, text, jsonb, timestamptz) from public;
+grant execute on function gateway.begin_request(bytea, inet, text, jsonb, timestamptz) to gateway_api;
+
+-- TRANSITIONAL: the signature the function calls until it measures the facts. The prompt estimate
+-- is the prompt bound, [model] the candidates; an unknown model is priced as before the catalog.
+create or replace function gateway.begin_request(
+  p_key_hash bytea,
+  p_client_ip inet,
+  p_referrer text,
+  p_model text,
+  p_max_tokens integer,
+  p_prompt_tokens integer,
+  p_now timestamptz default now()
+)
+returns jsonb
+language plpgsql
+security definer
+set search_path = ''
+as $$
+begin
+  if p_max_tokens < 1 or p_prompt_tokens < 0 then
+    raise exception using errcode = '22023', hint = 'invalid_request',
+      message = 'max_tokens must be >= 1 and prompt_tokens >= 0';
+  end if;
+  return gateway.admit(
+    p_key_hash, p_client_ip, p_referrer, array[coalesce(p_model, '')],
+    coalesce(p_prompt_tokens, 0), 0, 0, 0, 0, p_max_tokens, 0, true, p_now);
 end
 $$;
 revoke execute on function gateway.begin_request(bytea, inet, text, text, integer, integer, timestamptz)
@@ -467,7 +716,10 @@ grant execute on function gateway.begin_request(bytea, inet, text, text, integer
 
 -- Many admissions in one transaction, each by begin_request, made in account order (no deadlock
 -- with another batch) and answered in the order given. An element that raises aborts the batch.
-create or replace function gateway.begin_requests(p_batch jsonb, p_now timestamptz default now())
+create or replace function gateway.begin_requests(
+  p_batch jsonb,
+  p_now timestamptz default now()
+)
 returns jsonb
 language plpgsql
 security definer
@@ -476,6 +728,7 @@ set enable_seqscan = off
 as $$
 declare
   e record;
+  f record;
   v_results jsonb[];
 begin
   if jsonb_typeof(p_batch) is distinct from 'array' then
@@ -502,15 +755,22 @@ begin
               ) nulls first,
               b.ord
   loop
-    v_results[e.ord] := gateway.begin_request(
-      e.h,
-      (e.v ->> 'client_ip')::inet,
-      e.v ->> 'referrer',
-      e.v ->> 'model',
-      (e.v ->> 'max_tokens')::integer,
-      (e.v ->> 'prompt_tokens')::integer,
-      p_now
-    );
+    if e.v ? 'models' then
+      f := gateway.request_facts(e.v - array['key_hash', 'client_ip', 'referrer']);
+      v_results[e.ord] := gateway.admit(
+        e.h, (e.v ->> 'client_ip')::inet, e.v ->> 'referrer', f.models, f.prompt_bound, f.images,
+        f.audio, f.files, f.web_results, f.max_tokens, f.lifetime_seconds, false, p_now);
+    else
+      v_results[e.ord] := gateway.begin_request(
+        e.h,
+        (e.v ->> 'client_ip')::inet,
+        e.v ->> 'referrer',
+        e.v ->> 'model',
+        (e.v ->> 'max_tokens')::integer,
+        (e.v ->> 'prompt_tokens')::integer,
+        p_now
+      );
+    end if;
   end loop;
   return to_jsonb(v_results);
 end
@@ -518,8 +778,179 @@ $$;
 revoke execute on function gateway.begin_requests(jsonb, timestamptz) from public;
 grant execute on function gateway.begin_requests(jsonb, timestamptz) to gateway_api;
 
--- Admits up to p_count requests of one context ahead of them, exactly those (and with the same
--- holds and answers) that p_count begin_request calls would admit, and marks their holds reserved.
+
+-- reserve_admissions' body for its two signatures: the first admission by gateway.admit (every
+-- rule), the others in one pass with gateway.hold_for — exactly those that further admissions with
+-- the same facts and p_now would make (20261125174446 explains the pass).
+create or replace function gateway.reserve(
+  p_key_hash bytea,
+  p_client_ip inet,
+  p_referrer text,
+  p_models text[],
+  p_prompt_bound bigint,
+  p_images integer,
+  p_audio integer,
+  p_files integer,
+  p_web_results integer,
+  p_max_tokens integer,
+  p_lifetime_seconds integer,
+  p_transitional boolean,
+  p_count integer,
+  p_now timestamptz
+)
+returns jsonb
+language plpgsql
+security definer
+set search_path = ''
+set enable_seqscan = off
+as $$
+declare
+  v_first jsonb;
+  v_answers jsonb[];
+  h gateway.holds;
+  hf record;
+  v_room bigint;
+  v_req_remaining bigint;
+  v_requests_used bigint;
+  v_max_requests bigint;
+  v_want bigint;
+  v_balance bigint;
+  v_held bigint;
+  v_held_first bigint;
+  v_amounts bigint[] := array[]::bigint[];
+  v_tokens bigint[] := array[]::bigint[];
+  v_available bigint[] := array[]::bigint[];
+  v_ids bigint[];
+  v_m integer;
+begin
+  if p_count is null or p_count < 1 or p_count > 64 then
+    raise exception using errcode = '22023', hint = 'invalid_request',
+      message = 'count must be from 1 to 64';
+  end if;
+
+  -- 1. The first, by admit: every rule. Refused, its refusal is the answer.
+  v_first := gateway.admit(
+    p_key_hash, p_client_ip, p_referrer, p_models, p_prompt_bound, p_images, p_audio, p_files,
+    p_web_results, p_max_tokens, p_lifetime_seconds, p_transitional, p_now);
+  if not (v_first ->> 'ok')::boolean then
+    return jsonb_build_array(v_first);
+  end if;
+  -- The hold is this transaction's own row, unseen by anyone until it commits; the others copy
+  -- its prices, facts and expiry.
+  update gateway.holds x set reserved = true
+   where x.id = (v_first ->> 'hold_id')::bigint
+  returning x.* into h;
+  if p_count = 1 then
+    return jsonb_build_array(v_first);
+  end if;
+
+  -- 2. How many more the windows and the key cap allow.
+  v_req_remaining := (v_first #>> '{limits,requests,remaining}')::bigint;
+  v_room := least(p_count - 1, v_req_remaining);
+  if v_room < 1 then
+    return jsonb_build_array(v_first);
+  end if;
+  select c.requests_used, k.max_requests, coalesce(p_max_tokens, s.default_max_tokens)
+    into v_requests_used, v_max_requests, v_want
+    from gateway.key_counters c
+    join gateway.api_keys k on k.id = c.key_id
+    join gateway.system_settings s on s.id
+   where c.key_id = h.key_id;
+  v_room := least(v_room, v_max_requests - v_requests_used);
+
+  -- 3. The credits of each, as admit decides them, after the holds before it.
+  v_balance := (v_first ->> 'balance')::bigint;
+  v_held_first := v_balance - (v_first ->> 'available_credits')::bigint;
+  v_held := v_held_first;
+  for i in 1 .. coalesce(v_room, 0) loop
+    exit when v_balance <= 0;
+    hf := gateway.hold_for(
+      h.dearest, h.usd_per_credit, h.prompt_estimate, (h.facts ->> 'web_results')::integer,
+      p_images, v_want, v_balance - v_held);
+    exit when hf.max_tokens < 1;
+    v_held := v_held + hf.amount;
+    v_amounts := v_amounts || hf.amount;
+    v_tokens := v_tokens || hf.max_tokens;
+    v_available := v_available || (v_balance - v_held);
+  end loop;
+  v_m := cardinality(v_amounts);
+  if v_m = 0 then
+    return jsonb_build_array(v_first);
+  end if;
+
+  -- 4. Apply the m admissions: counters, then balance, then the key's counter, as admit does.
+  update gateway.rate_counters c
+     set minute_requests = c.minute_requests + v_m, hour_requests = c.hour_requests + v_m,
+         day_requests = c.day_requests + v_m
+   where (c.subject_kind = 'account' and c.subject_id = h.account_id)
+      or (h.count_key_windows and c.subject_kind = 'key' and c.subject_id = h.key_id);
+  update gateway.credit_balances b
+     set held = b.held + (v_held - v_held_first)
+   where b.account_id = h.account_id;
+  update gateway.key_counters c
+     set requests_used = c.requests_used + v_m, last_used_at = p_now
+   where c.key_id = h.key_id;
+  -- Identity values are drawn in the order the rows are inserted: the i-th id is the i-th hold's.
+  with ins as (
+    insert into gateway.holds (
+      account_id, key_id, model, amount, max_tokens, prompt_estimate, prompt_multiplier,
+      completion_multiplier, count_key_windows, created_at, reserved, prices, dearest,
+      pricing_mode, usd_per_credit, facts, expires_at
+    )
+    select h.account_id, h.key_id, h.model, a.amount, a.max_tokens, h.prompt_estimate,
+           h.prompt_multiplier, h.completion_multiplier, h.count_key_windows, p_now, true,
+           h.prices, h.dearest, h.pricing_mode, h.usd_per_credit, h.facts, h.expires_at
+      from unnest(v_amounts, v_tokens) with ordinality a (amount, max_tokens, ord)
+     order by a.ord
+    returning id
+  )
+  select array_agg(ins.id order by ins.id) into v_ids from ins;
+
+  -- 5. The answers, admit's for each.
+  v_answers := array[v_first];
+  for i in 1 .. v_m loop
+    v_answers := v_answers || (v_first || jsonb_build_object(
+      'hold_id', v_ids[i],
+      'held_credits', v_amounts[i],
+      'max_tokens', v_tokens[i],
+      'available_credits', v_available[i],
+      'limits', case when v_req_remaining is null then v_first -> 'limits'
+                     else jsonb_set(v_first -> 'limits', '{requests,remaining}',
+                                    to_jsonb(v_req_remaining - i)) end));
+  end loop;
+  return to_jsonb(v_answers);
+end
+$$;
+revoke execute on function gateway.reserve(bytea, inet, text, text[], bigint, integer, integer, integer, integer, integer, integer, boolean, integer, timestamptz) from public;
+
+-- Up to p_count (1–64) admissions of one request's facts made ahead, their holds `reserved`, each
+-- the one begin_request would make (docs/SQL-API.md); given back unused by cancel_admissions.
+create or replace function gateway.reserve_admissions(
+  p_key_hash bytea,
+  p_client_ip inet,
+  p_referrer text,
+  p_facts jsonb,
+  p_count integer,
+  p_now timestamptz default now()
+)
+returns jsonb
+language plpgsql
+security definer
+set search_path = ''
+as $$
+declare
+  f record;
+begin
+  f := gateway.request_facts(p_facts);
+  return gateway.reserve(
+    p_key_hash, p_client_ip, p_referrer, f.models, f.prompt_bound, f.images, f.audio, f.files,
+    f.web_results, f.max_tokens, f.lifetime_seconds, false, p_count, p_now);
+end
+$$;
+revoke execute on function gateway.reserve_admissions(bytea, inet, text, jsonb, integer, timestamptz) from public;
+grant execute on function gateway.reserve_admissions(bytea, inet, text, jsonb, integer, timestamptz) to gateway_api;
+
+-- TRANSITIONAL: the signature the function calls until it measures the facts (see begin_request).
 create or replace function gateway.reserve_admissions(
   p_key_hash bytea,
   p_client_ip inet,
@@ -534,131 +965,15 @@ returns jsonb
 language plpgsql
 security definer
 set search_path = ''
-set enable_seqscan = off
 as $$
-declare
-  v_first jsonb;
-  v_answers jsonb[];
-  v_account bigint;
-  v_key bigint;
-  v_key_limited boolean;
-  v_room bigint;
-  v_req_remaining bigint;
-  v_requests_used bigint;
-  v_max_requests bigint;
-  v_want integer;
-  -- begin_request's variables of the same names, with its types.
-  v_prompt integer := coalesce(p_prompt_tokens, 0);
-  v_pm numeric;
-  v_cm numeric;
-  v_prompt_cost numeric;
-  v_balance bigint;
-  v_held bigint;
-  v_held_first bigint;
-  v_max_tokens bigint;
-  v_hold bigint;
-  v_amounts bigint[] := array[]::bigint[];
-  v_tokens bigint[] := array[]::bigint[];
-  v_available bigint[] := array[]::bigint[];
-  v_ids bigint[];
-  v_m integer;
 begin
-  if p_count is null or p_count < 1 or p_count > 64 then
+  if p_max_tokens < 1 or p_prompt_tokens < 0 then
     raise exception using errcode = '22023', hint = 'invalid_request',
-      message = 'count must be from 1 to 64';
+      message = 'max_tokens must be >= 1 and prompt_tokens >= 0';
   end if;
-
-  -- 1. The first, by begin_request: every rule. Refused, its refusal is the answer.
-  v_first := gateway.begin_request(
-    p_key_hash, p_client_ip, p_referrer, p_model, p_max_tokens, p_prompt_tokens, p_now);
-  if not (v_first ->> 'ok')::boolean then
-    return jsonb_build_array(v_first);
-  end if;
-  -- The hold is this transaction's own row, unseen by anyone until it commits.
-  update gateway.holds h set reserved = true
-   where h.id = (v_first ->> 'hold_id')::bigint
-  returning h.count_key_windows into v_key_limited;
-  if p_count = 1 then
-    return jsonb_build_array(v_first);
-  end if;
-
-  -- 2. How many more the windows and the key cap allow (see above).
-  v_req_remaining := (v_first #>> '{limits,requests,remaining}')::bigint;
-  v_room := least(p_count - 1, v_req_remaining);
-  if v_room < 1 then
-    return jsonb_build_array(v_first);
-  end if;
-  v_account := (v_first ->> 'user_id')::bigint;
-  v_key := (v_first ->> 'key_id')::bigint;
-  select c.requests_used, k.max_requests, coalesce(p_max_tokens, s.default_max_tokens)
-    into v_requests_used, v_max_requests, v_want
-    from gateway.key_counters c
-    join gateway.api_keys k on k.id = c.key_id
-    join gateway.system_settings s on s.id
-   where c.key_id = v_key;
-  v_room := least(v_room, v_max_requests - v_requests_used);
-
-  -- 3. The credits of each, as begin_request computes them, after the holds before it.
-  v_balance := (v_first ->> 'balance')::bigint;
-  v_held_first := v_balance - (v_first ->> 'available_credits')::bigint;
-  v_held := v_held_first;
-  v_pm := (v_first ->> 'prompt_multiplier')::numeric;
-  v_cm := (v_first ->> 'completion_multiplier')::numeric;
-  v_prompt_cost := v_prompt * v_pm;
-  for i in 1 .. coalesce(v_room, 0) loop
-    exit when not (v_balance > 0 and v_balance - v_held - v_prompt_cost >= v_cm);
-    v_max_tokens := least(v_want, floor((v_balance - v_held - v_prompt_cost) / v_cm));
-    exit when v_max_tokens is null or v_max_tokens < 1;
-    v_hold := ceil(v_prompt_cost + v_max_tokens * v_cm);
-    v_held := v_held + v_hold;
-    v_amounts := v_amounts || v_hold;
-    v_tokens := v_tokens || v_max_tokens;
-    v_available := v_available || (v_balance - v_held);
-  end loop;
-  v_m := cardinality(v_amounts);
-  if v_m = 0 then
-    return jsonb_build_array(v_first);
-  end if;
-
-  -- 4. Apply the m admissions: counters, then balance, then the key's counter, as begin_request.
-  update gateway.rate_counters c
-     set minute_requests = c.minute_requests + v_m, hour_requests = c.hour_requests + v_m,
-         day_requests = c.day_requests + v_m
-   where (c.subject_kind = 'account' and c.subject_id = v_account)
-      or (v_key_limited and c.subject_kind = 'key' and c.subject_id = v_key);
-  update gateway.credit_balances b
-     set held = b.held + (v_held - v_held_first)
-   where b.account_id = v_account;
-  update gateway.key_counters c
-     set requests_used = c.requests_used + v_m, last_used_at = p_now
-   where c.key_id = v_key;
-  -- Identity values are drawn in the order the rows are inserted: the i-th id is the i-th hold's.
-  with h as (
-    insert into gateway.holds (
-      account_id, key_id, model, amount, max_tokens, prompt_estimate, prompt_multiplier,
-      completion_multiplier, count_key_windows, created_at, reserved
-    )
-    select v_account, v_key, coalesce(p_model, ''), a.amount, a.max_tokens, v_prompt, v_pm, v_cm,
-           v_key_limited, p_now, true
-      from unnest(v_amounts, v_tokens) with ordinality a (amount, max_tokens, ord)
-     order by a.ord
-    returning id
-  )
-  select array_agg(h.id order by h.id) into v_ids from h;
-
-  -- 5. The answers, begin_request's for each.
-  v_answers := array[v_first];
-  for i in 1 .. v_m loop
-    v_answers := v_answers || (v_first || jsonb_build_object(
-      'hold_id', v_ids[i],
-      'held_credits', v_amounts[i],
-      'max_tokens', v_tokens[i],
-      'available_credits', v_available[i],
-      'limits', case when v_req_remaining is null then v_first -> 'limits'
-                     else jsonb_set(v_first -> 'limits', '{requests,remaining}',
-                                    to_jsonb(v_req_remaining - i)) end));
-  end loop;
-  return to_jsonb(v_answers);
+  return gateway.reserve(
+    p_key_hash, p_client_ip, p_referrer, array[coalesce(p_model, '')], coalesce(p_prompt_tokens, 0),
+    0, 0, 0, 0, p_max_tokens, 0, true, p_count, p_now);
 end
 $$;
 revoke execute on function gateway.reserve_admissions(

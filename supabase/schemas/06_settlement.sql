@@ -43,20 +43,379 @@ create table gateway.usage_records (
   generation_id text,
   note text,
   created_at timestamptz not null,
-  settled_at timestamptz not null
+  settled_at timestamptz not null,
+  cached_tokens integer not null default 0,
+  cache_write_tokens integer not null default 0,
+  reasoning_tokens integer not null default 0,
+  web_search_requests integer not null default 0,
+  images integer not null default 0,
+  upstream_usd numeric,
+  pricing_mode text,
+  usd_per_credit numeric,
+  price gateway.model_price,
+  candidates gateway.model_price[],
+  facts jsonb,
+  overrun_credits bigint not null default 0,
+  settled_late boolean not null default false
 );
 comment on table gateway.usage_records is
   'One row per admitted request, written when its hold closes: settled (usage/generation/'
   'stream_count), voided (status voided), or expired by the sweeper (status expired). created_at = '
   'admission time.';
+comment on column gateway.usage_records.upstream_usd is
+  'What upstream cost, USD: usage.cost as reported (also in upstream_cost), else computed from price.';
+comment on column gateway.usage_records.price is
+  'The prices charged (the served candidate''s, or the dearest; for a void or an expiry, the dearest).';
+comment on column gateway.usage_records.candidates is
+  'Expired records only: the candidates'' prices when more than one, for a settle that arrives late.';
+comment on column gateway.usage_records.overrun_credits is
+  'Credits charged above the hold (charged in full: the operator paid upstream for them).';
+comment on column gateway.usage_records.settled_late is
+  'Settled after its hold expired: the expired record became the real one, and the charge was posted.';
 create index usage_records_account_id_idx on gateway.usage_records (account_id, created_at);
 create index usage_records_created_at_brin on gateway.usage_records using brin (created_at);
+create index usage_records_overrun_idx on gateway.usage_records (settled_at)
+  where overrun_credits > 0;
 alter table gateway.usage_records enable row level security;
 create policy no_api_access on gateway.usage_records
   for all to anon, authenticated using (false) with check (false);
 
--- Closes a hold once: adds its tokens to the rate windows, charges credits_for(tokens) (ledger row
--- and balance together), releases the hold and writes the usage record. A repeat says why not.
+
+-- A settle's usage (settle_request's p_usage, settle_requests' elements), checked like the facts.
+--   model               the model upstream reported (picks the candidate whose price is charged)
+--   prompt_tokens, completion_tokens, cached_tokens, cache_write_tokens (parts of the prompt),
+--   reasoning_tokens (part of the completion), web_search_requests, images: counts (default 0)
+--   cost                OpenRouter's usage.cost, USD, decimal text (or a number), ≥ 0; absent/null:
+--                       computed from the hold's prices. `upstream_cost`: the transitional name.
+--   status, latency_ms, generation_id: recorded; settled_by: usage|generation|stream_count|sweeper
+create or replace function gateway.usage_facts(
+  p jsonb,
+  out model text,
+  out prompt_tokens bigint,
+  out completion_tokens bigint,
+  out cached_tokens bigint,
+  out cache_write_tokens bigint,
+  out reasoning_tokens bigint,
+  out web_search_requests bigint,
+  out images bigint,
+  out cost numeric,
+  out status text,
+  out latency_ms integer,
+  out generation_id text,
+  out settled_by text
+)
+language plpgsql
+immutable
+security definer
+set search_path = ''
+as $$
+declare
+  -- Plain expressions, no queries: this runs for every settle.
+  v_cost jsonb := coalesce(nullif(p -> 'cost', 'null'), nullif(p -> 'upstream_cost', 'null'));
+  v_counts jsonb;
+  v_bad text;
+begin
+  if jsonb_typeof(p) is distinct from 'object' then
+    raise exception using errcode = '22023', hint = 'invalid_request',
+      message = 'the usage must be a JSON object';
+  end if;
+  -- The counts, present and not null, as one object: each must be an integer in range.
+  v_counts := jsonb_strip_nulls(p - array['hold_id', 'model', 'cost', 'upstream_cost', 'status',
+                                          'generation_id', 'settled_by']);
+  if v_counts - array['prompt_tokens', 'completion_tokens', 'cached_tokens', 'cache_write_tokens',
+                      'reasoning_tokens', 'web_search_requests', 'images', 'latency_ms'] <> '{}' then
+    v_bad := format('unknown usage fields: %s', left(array_to_string(array(
+      select jsonb_object_keys(v_counts - array['prompt_tokens', 'completion_tokens',
+                                                'cached_tokens', 'cache_write_tokens',
+                                                'reasoning_tokens', 'web_search_requests',
+                                                'images', 'latency_ms'])), ', '), 200));
+  elsif jsonb_path_exists(v_counts, '$.* ? (@.type() != "number" || @ < 0 || @ > 2147483647 '
+                                    '|| @.floor() != @)') then
+    v_bad := 'token counts, web_search_requests, images and latency_ms must be integers from 0 to '
+             '2147483647';
+  elsif coalesce(jsonb_typeof(p -> 'model'), 'null') not in ('null', 'string')
+        or coalesce(jsonb_typeof(p -> 'status'), 'null') not in ('null', 'string')
+        or coalesce(jsonb_typeof(p -> 'generation_id'), 'null') not in ('null', 'string')
+        or coalesce(jsonb_typeof(p -> 'settled_by'), 'null') not in ('null', 'string')
+        or length(p ->> 'model') > 256 or length(p ->> 'status') > 256
+        or length(p ->> 'generation_id') > 256 then
+    v_bad := 'model, status, generation_id and settled_by must be strings of at most 256 characters';
+  elsif v_cost is not null
+        and (jsonb_typeof(v_cost) not in ('string', 'number')
+             or (v_cost #>> '{}') !~ '^[0-9]{1,7}(\.[0-9]{0,30})?([eE][-+]?[0-9]{1,2})?$'
+             or (v_cost #>> '{}')::numeric >= 1000000) then
+    v_bad := 'cost must be a non-negative decimal number of USD below 1000000';
+  end if;
+  if v_bad is not null then
+    raise exception using errcode = '22023', hint = 'invalid_request', message = v_bad;
+  end if;
+  model := p ->> 'model';
+  prompt_tokens := coalesce((v_counts ->> 'prompt_tokens')::bigint, 0);
+  completion_tokens := coalesce((v_counts ->> 'completion_tokens')::bigint, 0);
+  cached_tokens := coalesce((v_counts ->> 'cached_tokens')::bigint, 0);
+  cache_write_tokens := coalesce((v_counts ->> 'cache_write_tokens')::bigint, 0);
+  reasoning_tokens := coalesce((v_counts ->> 'reasoning_tokens')::bigint, 0);
+  web_search_requests := coalesce((v_counts ->> 'web_search_requests')::bigint, 0);
+  images := coalesce((v_counts ->> 'images')::bigint, 0);
+  cost := (v_cost #>> '{}')::numeric;
+  status := p ->> 'status';
+  latency_ms := (v_counts ->> 'latency_ms')::integer;
+  generation_id := p ->> 'generation_id';
+  settled_by := p ->> 'settled_by';
+end
+$$;
+revoke execute on function gateway.usage_facts(jsonb) from public;
+
+-- Settlement --------------------------------------------------------------------------------------
+-- settle_request's body for its two signatures and settle_requests. Exactly once per hold: deleting
+-- the hold is the gate, or, for a hold the sweeper expired, turning its `expired` record into the
+-- real one (under the record's row lock). Charged at the served candidate's prices as admitted
+-- (gateway.served_price, gateway.charge); above the hold, in full.
+create or replace function gateway.settle_hold(
+  p_hold_id bigint,
+  p_model text,
+  p_prompt bigint,
+  p_completion bigint,
+  p_cached bigint,
+  p_cache_write bigint,
+  p_reasoning bigint,
+  p_web_searches bigint,
+  p_images bigint,
+  p_cost numeric,
+  p_status text,
+  p_latency_ms integer,
+  p_generation_id text,
+  p_settled_by text,
+  p_now timestamptz
+)
+returns jsonb
+language plpgsql
+security definer
+set search_path = ''
+set enable_seqscan = off
+set enable_bitmapscan = off
+as $$
+declare
+  h gateway.holds;
+  u gateway.usage_records;
+  v_late boolean := false;
+  v_account bigint;
+  v_key bigint;
+  v_key_windows boolean;
+  v_prices gateway.model_price[];
+  v_dearest gateway.model_price;
+  v_mode text;
+  v_usd_per_credit numeric;
+  v_held bigint;
+  v_price gateway.model_price;
+  ch record;
+  v_credits bigint;
+  v_usd numeric;
+  v_tokens bigint;
+  v_balance bigint;
+  v_overrun bigint;
+  v_minute timestamptz := date_trunc('minute', p_now, 'UTC');
+  v_hour timestamptz := date_trunc('hour', p_now, 'UTC');
+  v_day timestamptz := date_trunc('day', p_now, 'UTC');
+begin
+  if least(p_prompt, p_completion, p_cached, p_cache_write, p_reasoning, p_web_searches, p_images) < 0
+     or greatest(p_prompt, p_completion, p_cached, p_cache_write, p_reasoning, p_web_searches,
+                 p_images) > 2147483647 then
+    raise exception using errcode = '22023', hint = 'invalid_request',
+      message = 'token counts must be from 0 to 2147483647';
+  end if;
+  if p_cost < 0 or p_cost >= 1000000 then
+    raise exception using errcode = '22023', hint = 'invalid_request',
+      message = 'cost must be a non-negative number of USD below 1000000';
+  end if;
+  if p_settled_by is null or p_settled_by not in ('usage', 'generation', 'stream_count', 'sweeper') then
+    raise exception using errcode = '22023', hint = 'invalid_request',
+      message = 'settled_by must be usage, generation, stream_count or sweeper';
+  end if;
+
+  -- Closing the hold is the exactly-once gate: only one caller can delete the row.
+  delete from gateway.holds where id = p_hold_id returning * into h;
+  if found then
+    v_account := h.account_id;
+    v_key := h.key_id;
+    v_key_windows := h.count_key_windows;
+    v_prices := h.prices;
+    v_dearest := h.dearest;
+    v_mode := h.pricing_mode;
+    v_usd_per_credit := h.usd_per_credit;
+    v_held := h.amount;
+  else
+    -- Expired by the sweeper while its request still ran: the money is still owed. Its record is
+    -- the gate now (locked; a second late settle finds it settled).
+    select * into u from gateway.usage_records r where r.hold_id = p_hold_id for update;
+    if not found then
+      return jsonb_build_object('settled', false, 'reason', 'unknown_hold');
+    end if;
+    if u.status <> 'expired' or u.price is null then
+      return jsonb_build_object('settled', false, 'reason', 'already_settled');
+    end if;
+    v_late := true;
+    v_account := u.account_id;
+    v_key := u.key_id;
+    v_key_windows := exists (select from gateway.key_rate_limits kl where kl.key_id = u.key_id);
+    v_prices := u.candidates;
+    v_dearest := u.price;
+    v_mode := u.pricing_mode;
+    v_usd_per_credit := u.usd_per_credit;
+    v_held := u.credits_held;
+  end if;
+
+  -- Tokens into the subjects' windows first (one upsert: the account's row, then the key's when it
+  -- has its own limits), then the charge: counter rows before the balance row, as in admission.
+  v_tokens := p_prompt + p_completion;
+  if v_tokens > 0 then
+    -- The account's row alone (no key windows) is there but on a subject's first count of the day
+    -- after the purge: an UPDATE, cheaper than the upsert's speculative insertion, lock and update.
+    if not v_key_windows then
+      update gateway.rate_counters c set
+        minute_start = greatest(c.minute_start, v_minute),
+        minute_requests = case when c.minute_start >= v_minute then c.minute_requests else 0 end,
+        minute_tokens = case when c.minute_start >= v_minute then c.minute_tokens + v_tokens
+                             else v_tokens end,
+        hour_start = greatest(c.hour_start, v_hour),
+        hour_requests = case when c.hour_start >= v_hour then c.hour_requests else 0 end,
+        hour_tokens = case when c.hour_start >= v_hour then c.hour_tokens + v_tokens else v_tokens end,
+        day_start = greatest(c.day_start, v_day),
+        day_requests = case when c.day_start >= v_day then c.day_requests else 0 end,
+        day_tokens = case when c.day_start >= v_day then c.day_tokens + v_tokens else v_tokens end
+       where c.subject_kind = 'account' and c.subject_id = v_account;
+    end if;
+    if v_key_windows or not found then
+      insert into gateway.rate_counters as c (
+        subject_kind, subject_id, minute_start, minute_requests, minute_tokens,
+        hour_start, hour_requests, hour_tokens, day_start, day_requests, day_tokens)
+      select g.kind, g.sid, v_minute, 0, v_tokens, v_hour, 0, v_tokens, v_day, 0, v_tokens
+        from (values (1, 'account'::gateway.rate_subject, v_account),
+                     (2, 'key', v_key)) g (i, kind, sid)
+       where g.i = 1 or v_key_windows
+       order by g.i
+      on conflict (subject_kind, subject_id) do update set
+        minute_start = greatest(c.minute_start, v_minute),
+        minute_requests = case when c.minute_start >= v_minute then c.minute_requests else 0 end,
+        minute_tokens = case when c.minute_start >= v_minute then c.minute_tokens + v_tokens
+                             else v_tokens end,
+        hour_start = greatest(c.hour_start, v_hour),
+        hour_requests = case when c.hour_start >= v_hour then c.hour_requests else 0 end,
+        hour_tokens = case when c.hour_start >= v_hour then c.hour_tokens + v_tokens else v_tokens end,
+        day_start = greatest(c.day_start, v_day),
+        day_requests = case when c.day_start >= v_day then c.day_requests else 0 end,
+        day_tokens = case when c.day_start >= v_day then c.day_tokens + v_tokens else v_tokens end;
+    end if;
+  end if;
+
+  -- Priced as admitted; an overrun is charged in full (the operator paid upstream for it).
+  v_price := case when v_prices is null and v_dearest.model <> 'openrouter/auto' then v_dearest
+                  else gateway.served_price(v_prices, v_dearest, p_model, v_mode) end;
+  ch := gateway.charge(
+    v_price, v_usd_per_credit, p_prompt, p_completion, p_cached, p_cache_write, p_reasoning,
+    p_web_searches, p_images, p_cost);
+  -- Plain variables from here: the statements below are planned once, not per record shape.
+  v_credits := ch.credits;
+  v_usd := ch.upstream_usd;
+  v_overrun := greatest(v_credits - v_held, 0);
+  if v_late then
+    with b as (
+      update gateway.credit_balances
+         set balance = balance - v_credits
+       where account_id = v_account
+      returning balance
+    ), l as (
+      insert into gateway.ledger (account_id, kind, amount, balance_after, hold_id, reason, created_at)
+      select v_account, 'charge', -v_credits, b.balance, p_hold_id, coalesce(p_model, u.model), p_now
+        from b
+       where v_credits > 0
+    ), r as (
+      update gateway.usage_records x set
+        model = coalesce(p_model, u.model), prompt_tokens = p_prompt,
+        completion_tokens = p_completion, total_tokens = p_prompt + p_completion,
+        cached_tokens = least(p_cached, p_prompt),
+        cache_write_tokens = least(p_cache_write, p_prompt - least(p_cached, p_prompt)),
+        reasoning_tokens = least(p_reasoning, p_completion), web_search_requests = p_web_searches,
+        images = p_images, upstream_cost = p_cost, upstream_usd = v_usd,
+        credits_charged = v_credits, status = coalesce(p_status, 'success'),
+        settled_by = p_settled_by, latency_ms = p_latency_ms, generation_id = p_generation_id,
+        note = 'settled after its hold expired', price = v_price, candidates = null,
+        overrun_credits = v_overrun, settled_late = true, settled_at = p_now
+       where x.hold_id = p_hold_id
+    )
+    select b.balance into v_balance from b;
+    raise warning using message = format(
+      'hold %s settled after it expired: %s credits charged late', p_hold_id, v_credits);
+  else
+    with b as (
+      update gateway.credit_balances
+         set balance = balance - v_credits, held = held - v_held
+       where account_id = v_account
+      returning balance
+    ), l as (
+      insert into gateway.ledger (account_id, kind, amount, balance_after, hold_id, reason, created_at)
+      select v_account, 'charge', -v_credits, b.balance, p_hold_id, coalesce(p_model, h.model), p_now
+        from b
+       where v_credits > 0
+    ), r as (
+      insert into gateway.usage_records (
+        hold_id, account_id, key_id, model, prompt_tokens, completion_tokens, total_tokens,
+        upstream_cost, credits_charged, credits_held, max_tokens, status, settled_by, latency_ms,
+        generation_id, created_at, settled_at, cached_tokens, cache_write_tokens, reasoning_tokens,
+        web_search_requests, images, upstream_usd, pricing_mode, usd_per_credit, price, facts,
+        overrun_credits
+      ) values (
+        p_hold_id, v_account, v_key, coalesce(p_model, h.model), p_prompt, p_completion,
+        p_prompt + p_completion, p_cost, v_credits, v_held, h.max_tokens,
+        coalesce(p_status, 'success'), p_settled_by, p_latency_ms, p_generation_id, h.created_at,
+        p_now, least(p_cached, p_prompt), least(p_cache_write, p_prompt - least(p_cached, p_prompt)),
+        least(p_reasoning, p_completion), p_web_searches, p_images, v_usd, v_mode,
+        v_usd_per_credit, v_price, h.facts, v_overrun
+      )
+    )
+    select b.balance into v_balance from b;
+  end if;
+
+  return jsonb_build_object(
+    'settled', true,
+    'hold_id', p_hold_id,
+    'credits_charged', v_credits,
+    'held_credits', v_held,
+    'overrun', v_overrun > 0,
+    'overrun_credits', v_overrun,
+    'upstream_usd', v_usd::text,
+    'late', v_late,
+    'balance_after', v_balance
+  );
+end
+$$;
+revoke execute on function gateway.settle_hold(bigint, text, bigint, bigint, bigint, bigint, bigint, bigint, bigint, numeric, text, integer, text, text, timestamptz) from public;
+
+-- Charges a hold for its request's usage (gateway.usage_facts), exactly once.
+create or replace function gateway.settle_request(
+  p_hold_id bigint,
+  p_usage jsonb,
+  p_now timestamptz default now()
+)
+returns jsonb
+language plpgsql
+security definer
+set search_path = ''
+as $$
+declare
+  f record;
+begin
+  f := gateway.usage_facts(p_usage);
+  return gateway.settle_hold(
+    p_hold_id, f.model, f.prompt_tokens, f.completion_tokens, f.cached_tokens,
+    f.cache_write_tokens, f.reasoning_tokens, f.web_search_requests, f.images, f.cost, f.status,
+    f.latency_ms, f.generation_id, f.settled_by, p_now);
+end
+$$;
+revoke execute on function gateway.settle_request(bigint, jsonb, timestamptz) from public;
+grant execute on function gateway.settle_request(bigint, jsonb, timestamptz) to gateway_api;
+
+-- TRANSITIONAL: the signature the function calls until it passes the whole usage.
 create or replace function gateway.settle_request(
   p_hold_id bigint,
   p_model text,
@@ -73,114 +432,11 @@ returns jsonb
 language plpgsql
 security definer
 set search_path = ''
-set enable_seqscan = off
-set enable_bitmapscan = off
 as $$
-declare
-  h gateway.holds;
-  v_prompt integer := coalesce(p_prompt_tokens, 0);
-  v_completion integer := coalesce(p_completion_tokens, 0);
-  v_tokens bigint;
-  v_charge bigint;
-  v_balance bigint;
-  v_minute timestamptz := date_trunc('minute', p_now, 'UTC');
-  v_hour timestamptz := date_trunc('hour', p_now, 'UTC');
-  v_day timestamptz := date_trunc('day', p_now, 'UTC');
 begin
-  if v_prompt < 0 or v_completion < 0 then
-    raise exception using errcode = '22023', hint = 'invalid_request',
-      message = 'token counts must be >= 0';
-  end if;
-  if p_settled_by is null or p_settled_by not in ('usage', 'generation', 'stream_count', 'sweeper') then
-    raise exception using errcode = '22023', hint = 'invalid_request',
-      message = 'settled_by must be usage, generation, stream_count or sweeper';
-  end if;
-
-  -- Closing the hold is the exactly-once gate: only one caller can delete the row.
-  delete from gateway.holds where id = p_hold_id returning * into h;
-  if not found then
-    return jsonb_build_object(
-      'settled', false,
-      'reason', case when exists (select from gateway.usage_records u where u.hold_id = p_hold_id)
-                     then 'already_settled' else 'unknown_hold' end);
-  end if;
-
-  -- Tokens into the subjects' windows first (one upsert: the account's row, then the key's when it
-  -- has its own limits), then the charge: counter rows before the balance row, as in begin_request.
-  v_tokens := v_prompt + v_completion;
-  if v_tokens > 0 then
-    -- The account's row alone (no key windows) is there but on a subject's first count of the day
-    -- after the purge: an UPDATE, cheaper than the upsert's speculative insertion, lock and update.
-    if not h.count_key_windows then
-      update gateway.rate_counters c set
-        minute_start = greatest(c.minute_start, v_minute),
-        minute_requests = case when c.minute_start >= v_minute then c.minute_requests else 0 end,
-        minute_tokens = case when c.minute_start >= v_minute then c.minute_tokens + v_tokens
-                             else v_tokens end,
-        hour_start = greatest(c.hour_start, v_hour),
-        hour_requests = case when c.hour_start >= v_hour then c.hour_requests else 0 end,
-        hour_tokens = case when c.hour_start >= v_hour then c.hour_tokens + v_tokens else v_tokens end,
-        day_start = greatest(c.day_start, v_day),
-        day_requests = case when c.day_start >= v_day then c.day_requests else 0 end,
-        day_tokens = case when c.day_start >= v_day then c.day_tokens + v_tokens else v_tokens end
-       where c.subject_kind = 'account' and c.subject_id = h.account_id;
-    end if;
-    if h.count_key_windows or not found then
-      insert into gateway.rate_counters as c (
-        subject_kind, subject_id, minute_start, minute_requests, minute_tokens,
-        hour_start, hour_requests, hour_tokens, day_start, day_requests, day_tokens)
-      select g.kind, g.sid, v_minute, 0, v_tokens, v_hour, 0, v_tokens, v_day, 0, v_tokens
-        from (values (1, 'account'::gateway.rate_subject, h.account_id),
-                     (2, 'key', h.key_id)) g (i, kind, sid)
-       where g.i = 1 or h.count_key_windows
-       order by g.i
-      on conflict (subject_kind, subject_id) do update set
-        minute_start = greatest(c.minute_start, v_minute),
-        minute_requests = case when c.minute_start >= v_minute then c.minute_requests else 0 end,
-        minute_tokens = case when c.minute_start >= v_minute then c.minute_tokens + v_tokens
-                             else v_tokens end,
-        hour_start = greatest(c.hour_start, v_hour),
-        hour_requests = case when c.hour_start >= v_hour then c.hour_requests else 0 end,
-        hour_tokens = case when c.hour_start >= v_hour then c.hour_tokens + v_tokens else v_tokens end,
-        day_start = greatest(c.day_start, v_day),
-        day_requests = case when c.day_start >= v_day then c.day_requests else 0 end,
-        day_tokens = case when c.day_start >= v_day then c.day_tokens + v_tokens else v_tokens end;
-    end if;
-  end if;
-
-  -- Priced as admitted (multipliers stored in the hold); an overrun is charged in full.
-  v_charge := gateway.credits_for(v_prompt, v_completion, h.prompt_multiplier, h.completion_multiplier);
-  with b as (
-    update gateway.credit_balances
-       set balance = balance - v_charge, held = held - h.amount
-     where account_id = h.account_id
-    returning balance
-  ), l as (
-    insert into gateway.ledger (account_id, kind, amount, balance_after, hold_id, reason, created_at)
-    select h.account_id, 'charge', -v_charge, b.balance, h.id, coalesce(p_model, h.model), p_now
-      from b
-     where v_charge > 0
-  ), u as (
-    insert into gateway.usage_records (
-      hold_id, account_id, key_id, model, prompt_tokens, completion_tokens, total_tokens,
-      upstream_cost, credits_charged, credits_held, max_tokens, status, settled_by, latency_ms,
-      generation_id, created_at, settled_at
-    ) values (
-      h.id, h.account_id, h.key_id, coalesce(p_model, h.model), v_prompt, v_completion,
-      v_prompt + v_completion, p_upstream_cost, v_charge, h.amount, h.max_tokens, coalesce(p_status, 'success'),
-      p_settled_by, p_latency_ms, p_generation_id, h.created_at, p_now
-    )
-  )
-  select b.balance into v_balance from b;
-
-  return jsonb_build_object(
-    'settled', true,
-    'hold_id', h.id,
-    'credits_charged', v_charge,
-    'held_credits', h.amount,
-    'overrun', v_charge > h.amount,
-    'balance_after', v_balance
-  );
+  return gateway.settle_hold(
+    p_hold_id, p_model, coalesce(p_prompt_tokens, 0), coalesce(p_completion_tokens, 0), 0, 0, 0, 0,
+    0, p_upstream_cost, p_status, p_latency_ms, p_generation_id, p_settled_by, p_now);
 end
 $$;
 revoke execute on function gateway.settle_request(
@@ -192,7 +448,10 @@ grant execute on function gateway.settle_request(
 
 -- Many settles in one transaction, each by settle_request, in account order and an account's
 -- zero-token settles last (no deadlock). An element that raises aborts the batch.
-create or replace function gateway.settle_requests(p_batch jsonb, p_now timestamptz default now())
+create or replace function gateway.settle_requests(
+  p_batch jsonb,
+  p_now timestamptz default now()
+)
 returns jsonb
 language plpgsql
 security definer
@@ -201,6 +460,7 @@ set enable_seqscan = off
 as $$
 declare
   e record;
+  f record;
   v_results jsonb[];
 begin
   if jsonb_typeof(p_batch) is distinct from 'array' then
@@ -212,23 +472,19 @@ begin
     select b.ord, b.v
       from jsonb_array_elements(p_batch) with ordinality b (v, ord)
       left join gateway.holds h on h.id = (b.v ->> 'hold_id')::bigint
-     order by h.account_id nulls first,
-              coalesce((b.v ->> 'prompt_tokens')::integer, 0) = 0
-                and coalesce((b.v ->> 'completion_tokens')::integer, 0) = 0,
+     order by coalesce(h.account_id,
+                       (select u.account_id from gateway.usage_records u
+                         where u.hold_id = (b.v ->> 'hold_id')::bigint and u.status = 'expired'))
+                nulls first,
+              coalesce((b.v ->> 'prompt_tokens')::bigint, 0) = 0
+                and coalesce((b.v ->> 'completion_tokens')::bigint, 0) = 0,
               b.ord
   loop
-    v_results[e.ord] := gateway.settle_request(
-      (e.v ->> 'hold_id')::bigint,
-      e.v ->> 'model',
-      (e.v ->> 'prompt_tokens')::integer,
-      (e.v ->> 'completion_tokens')::integer,
-      (e.v ->> 'upstream_cost')::numeric,
-      e.v ->> 'status',
-      (e.v ->> 'latency_ms')::integer,
-      e.v ->> 'generation_id',
-      e.v ->> 'settled_by',
-      p_now
-    );
+    f := gateway.usage_facts(e.v);
+    v_results[e.ord] := gateway.settle_hold(
+      (e.v ->> 'hold_id')::bigint, f.model, f.prompt_tokens, f.completion_tokens, f.cached_tokens,
+      f.cache_write_tokens, f.reasoning_tokens, f.web_search_requests, f.images, f.cost, f.status,
+      f.latency_ms, f.generation_id, f.settled_by, p_now);
   end loop;
   return to_jsonb(v_results);
 end
@@ -262,10 +518,10 @@ begin
   update gateway.credit_balances set held = held - h.amount where account_id = h.account_id;
   insert into gateway.usage_records (
     hold_id, account_id, key_id, model, credits_charged, credits_held, max_tokens, status,
-    settled_by, note, created_at, settled_at
+    settled_by, note, created_at, settled_at, pricing_mode, usd_per_credit, price, facts
   ) values (
     h.id, h.account_id, h.key_id, h.model, 0, h.amount, h.max_tokens, 'voided', 'void', p_reason,
-    h.created_at, p_now
+    h.created_at, p_now, h.pricing_mode, h.usd_per_credit, h.dearest, h.facts
   );
   return jsonb_build_object('voided', true, 'hold_id', h.id, 'released_credits', h.amount);
 end
@@ -273,8 +529,8 @@ $$;
 revoke execute on function gateway.void_request(bigint, text, timestamptz) from public;
 grant execute on function gateway.void_request(bigint, text, timestamptz) to gateway_api;
 
--- Voids every hold open longer than hold_timeout_seconds, without charge, each recorded as status
--- expired, settled_by sweeper: an expired hold means the gateway lost track of a request.
+-- Voids every hold past its expires_at, without charge, each recorded as status expired, settled_by
+-- sweeper, with its prices: a settle that still comes charges it (settle_hold).
 create or replace function gateway.expire_stale_holds(p_now timestamptz default now())
 returns integer
 language plpgsql
@@ -286,8 +542,7 @@ declare
 begin
   with expired as (
     delete from gateway.holds h
-     using gateway.system_settings s
-     where s.id and h.created_at <= p_now - make_interval(secs => s.hold_timeout_seconds)
+     where h.expires_at <= p_now
     returning h.*
   ), released as (
     update gateway.credit_balances b
@@ -297,10 +552,12 @@ begin
   ), recorded as (
     insert into gateway.usage_records (
       hold_id, account_id, key_id, model, credits_charged, credits_held, max_tokens, status,
-      settled_by, note, created_at, settled_at
+      settled_by, note, created_at, settled_at, pricing_mode, usd_per_credit, price, candidates,
+      facts
     )
     select x.id, x.account_id, x.key_id, x.model, 0, x.amount, x.max_tokens, 'expired', 'sweeper',
-           'hold timed out: released without charge', x.created_at, p_now
+           'hold timed out: released without charge', x.created_at, p_now, x.pricing_mode,
+           x.usd_per_credit, x.dearest, x.prices, x.facts
       from expired x
   )
   select count(*) into v_count from expired;

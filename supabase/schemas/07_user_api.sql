@@ -3,8 +3,47 @@
 -- caller (read for reads, write for changes); a key manages only keys of its own account at least
 -- as restricted as itself, and every key operation is audited.
 
+-- Self-service sign-ups, counted by network: what register's limits count.
+create table gateway.signups (
+  id bigint generated always as identity primary key,
+  network cidr not null,
+  created_at timestamptz not null
+);
+comment on table gateway.signups is
+  'Self-service sign-ups by network and time, what the sign-up limits count. Not linked to the '
+  'account, so erasing an account does not give its sign-up back; register drops rows after a day.';
+create index signups_created_at_idx on gateway.signups (created_at);
+alter table gateway.signups enable row level security;
+
+-- The network a sign-up from p_ip counts against (settings registration_ipv4/ipv6_prefix).
+create or replace function gateway.signup_network(p_ip inet)
+returns cidr
+language plpgsql
+stable
+security definer
+set search_path = ''
+as $$
+declare
+  v_ip inet := p_ip;
+  v_v4 integer;
+  v_v6 integer;
+begin
+  -- An IPv4 client seen through a dual-stack socket (::ffff:a.b.c.d) is that IPv4 address: all of
+  -- IPv4 is inside one IPv6 /64.
+  if family(v_ip) = 6 and v_ip <<= '::ffff:0.0.0.0/96'::inet then
+    v_ip := substring(host(v_ip) from '[0-9.]+$')::inet;
+  end if;
+  select s.registration_ipv4_prefix, s.registration_ipv6_prefix into v_v4, v_v6
+    from gateway.system_settings s where s.id;
+  return network(set_masklen(v_ip, least(masklen(v_ip),
+                                          case family(v_ip) when 4 then v_v4 else v_v6 end)));
+end
+$$;
+revoke execute on function gateway.signup_network(inet) from public;
+
 -- Creates an account with the signup credits (a ledger grant) and its primary key (read, write),
--- returned once in plaintext. Registrations per IP per hour are limited, serialized per IP.
+-- returned once in plaintext. Sign-ups are limited per network (/24, /64) and over all networks per
+-- hour (gateway.signups); p_client_ip null is an operator's account, not counted.
 create or replace function gateway.register(
   p_email text,
   p_username text default null,
@@ -20,8 +59,10 @@ as $$
 declare
   s gateway.system_settings;
   v_account_id bigint;
+  v_network cidr;
+  v_from_network integer;
   v_count integer;
-  v_oldest timestamptz;
+  v_freed timestamptz;
   v_constraint text;
   v_plain text := gateway.generate_key(coalesce(p_environment, 'live'));
   v_key gateway.api_keys;
@@ -38,16 +79,39 @@ begin
   end if;
 
   if p_client_ip is not null then
-    -- Serialize registrations per IP so concurrent ones cannot all pass the count.
-    perform pg_advisory_xact_lock(hashtextextended('gateway.register ' || host(p_client_ip), 0));
-    select count(*), min(a.created_at) into v_count, v_oldest
-      from gateway.accounts a
-     where a.registration_ip = p_client_ip and a.created_at > p_now - interval '1 hour';
-    if v_count >= s.registrations_per_ip_per_hour then
+    -- One sign-up at a time (they are rare), so concurrent ones cannot all pass the counts.
+    perform pg_advisory_xact_lock(hashtextextended('gateway.register', 0));
+    v_network := gateway.signup_network(p_client_ip);
+    delete from gateway.signups g where g.created_at < p_now - interval '1 day';
+    select count(*) filter (where g.network && v_network), count(*)
+      into v_from_network, v_count
+      from gateway.signups g
+     where g.created_at > p_now - interval '1 hour' and g.created_at <= p_now;
+    if v_from_network >= s.registrations_per_network_per_hour then
+      -- Retry-After: when enough of them are an hour old for one more.
+      select g.created_at into v_freed
+        from gateway.signups g
+       where g.network && v_network
+         and g.created_at > p_now - interval '1 hour' and g.created_at <= p_now
+       order by g.created_at
+      offset v_from_network - s.registrations_per_network_per_hour limit 1;
       raise exception using errcode = '53400', hint = 'rate_limited',
-        message = 'too many registrations from this IP address',
-        detail = greatest(1, ceil(extract(epoch from v_oldest + interval '1 hour' - p_now)))::text;
+        message = 'too many sign-ups from this network in the last hour',
+        detail = greatest(1, ceil(extract(epoch from
+                   coalesce(v_freed, p_now) + interval '1 hour' - p_now)))::text;
     end if;
+    if v_count >= s.registrations_per_hour then
+      select g.created_at into v_freed
+        from gateway.signups g
+       where g.created_at > p_now - interval '1 hour' and g.created_at <= p_now
+       order by g.created_at
+      offset v_count - s.registrations_per_hour limit 1;
+      raise exception using errcode = '53400', hint = 'signups_paused',
+        message = 'the gateway takes no more sign-ups this hour; please retry later',
+        detail = greatest(1, ceil(extract(epoch from
+                   coalesce(v_freed, p_now) + interval '1 hour' - p_now)))::text;
+    end if;
+    insert into gateway.signups (network, created_at) values (v_network, p_now);
   end if;
 
   begin
@@ -140,19 +204,24 @@ begin
   k := gateway.authenticate(p_key_hash, p_client_ip, p_referrer, 'read', p_now);
   select s.usd_per_credit into v_price from gateway.system_settings s where s.id;
   select b.balance into v_balance from gateway.credit_balances b where b.account_id = k.account_id;
-  -- Requests = admitted requests that reached upstream (voided ones never did).
+  -- Requests = admitted requests that reached upstream (voided ones never did). Cost = credits ×
+  -- the usd_per_credit they were charged at (today's for records older than that column).
   select jsonb_build_object(
     'total_requests', count(*),
     'total_tokens', coalesce(sum(u.total_tokens), 0),
-    'total_cost', round(coalesce(sum(u.credits_charged), 0) * v_price, 6),
+    'total_credits', coalesce(sum(u.credits_charged), 0),
+    'total_cost', round(coalesce(sum(u.credits_charged * coalesce(u.usd_per_credit, v_price)), 0), 6),
     'requests_today', count(*) filter (where u.created_at >= v_day),
     'tokens_today', coalesce(sum(u.total_tokens) filter (where u.created_at >= v_day), 0),
-    'cost_today',
-      round(coalesce(sum(u.credits_charged) filter (where u.created_at >= v_day), 0) * v_price, 6),
+    'credits_today', coalesce(sum(u.credits_charged) filter (where u.created_at >= v_day), 0),
+    'cost_today', round(coalesce(sum(u.credits_charged * coalesce(u.usd_per_credit, v_price))
+                                   filter (where u.created_at >= v_day), 0), 6),
     'requests_this_month', count(*) filter (where u.created_at >= v_month),
     'tokens_this_month', coalesce(sum(u.total_tokens) filter (where u.created_at >= v_month), 0),
-    'cost_this_month',
-      round(coalesce(sum(u.credits_charged) filter (where u.created_at >= v_month), 0) * v_price, 6),
+    'credits_this_month',
+      coalesce(sum(u.credits_charged) filter (where u.created_at >= v_month), 0),
+    'cost_this_month', round(coalesce(sum(u.credits_charged * coalesce(u.usd_per_credit, v_price))
+                                        filter (where u.created_at >= v_month), 0), 6),
     'average_tokens_per_request',
       case when count(*) = 0 then 0.0 else round(sum(u.total_tokens)::numeric / count(*), 1) end,
     'most_used_model', mode() within group (order by u.model),
@@ -257,7 +326,7 @@ revoke execute on function gateway.user_profile(bytea, inet, text) from public;
 grant execute on function gateway.user_profile(bytea, inet, text) to gateway_api;
 
 -- Changes any of email, username, full_name, company (string or null) and settings (an object);
--- nothing else, credits least of all.
+-- nothing else, credits least of all. Settings at most 16 KiB of JSON.
 create or replace function gateway.update_profile(
   p_key_hash bytea,
   p_client_ip inet,
@@ -288,7 +357,11 @@ begin
                            or (v #>> '{}') !~ '^[^@\s]+@[^@\s]+\.[^@\s]+$'));
   if v_bad is not null then
     raise exception using errcode = '22023', hint = 'invalid_request',
-      message = format('invalid profile fields: %s', v_bad);
+      message = format('invalid profile fields: %s', left(v_bad, 200));
+  end if;
+  if octet_length((p_changes -> 'settings')::text) > 16384 then
+    raise exception using errcode = '22023', hint = 'invalid_request',
+      message = 'settings: at most 16384 bytes of JSON';
   end if;
   begin
     update gateway.accounts a set
@@ -310,7 +383,7 @@ begin
                        else 'email is already registered' end;
     when check_violation then
       raise exception using errcode = '22023', hint = 'invalid_request',
-        message = 'invalid profile value';
+        message = 'invalid profile value (full_name and company: at most 200 characters)';
   end;
   return gateway.profile_json(k.account_id);
 end
@@ -384,7 +457,8 @@ revoke execute on function gateway.delete_account(bytea, inet, text) from public
 grant execute on function gateway.delete_account(bytea, inet, text) to gateway_api;
 
 -- A new key of the caller's account, at least as restricted as the caller (permissions, expiry,
--- request cap, IP ranges, referrers); the plaintext is returned once.
+-- request cap, IP ranges, referrers); the plaintext is returned once. A key with a limit of its own
+-- creates no keys: its limit would multiply.
 create or replace function gateway.create_key(
   p_key_hash bytea,
   p_client_ip inet,
@@ -407,12 +481,19 @@ declare
   v_max bigint;
   v_count integer;
   v_limit integer;
+  v_own_limit text;
   v_bad text;
   v_plain text;
   v_key gateway.api_keys;
   v_new gateway.api_keys;
 begin
   k := gateway.authenticate(p_key_hash, p_client_ip, p_referrer, 'write', v_now);
+  v_own_limit := gateway.key_own_limit(k);
+  if v_own_limit is not null then
+    raise exception using errcode = '42501', hint = 'permission_denied',
+      message = format('a key with its own %s cannot create keys; use a key without one',
+                       v_own_limit);
+  end if;
   if jsonb_typeof(v_spec) <> 'object' then
     raise exception using errcode = '22023', hint = 'invalid_request',
       message = 'the key specification must be a JSON object';
@@ -706,6 +787,8 @@ begin
            'usage_percentage',
              case when x.max_requests is not null
                   then round(c.requests_used * 100.0 / x.max_requests, 1) end,
+           'tokens_used', coalesce(t.tokens, 0),
+           'credits_used', coalesce(t.credits, 0),
            'environment_tag', x.environment,
            'created_at', x.created_at,
            'last_used_at', c.last_used_at
@@ -713,6 +796,10 @@ begin
     into v_keys
     from gateway.api_keys x
     join gateway.key_counters c on c.key_id = x.id
+    left join (select u.key_id, sum(u.total_tokens) as tokens, sum(u.credits_charged) as credits
+                 from gateway.usage_records u
+                where u.account_id = k.account_id and u.status <> 'voided'
+                group by u.key_id) t on t.key_id = x.id
    where x.account_id = k.account_id and x.deleted_at is null;
   return jsonb_build_object(
     'user_id', k.account_id, 'total_keys', jsonb_array_length(v_keys), 'keys', v_keys);

@@ -13,7 +13,10 @@ create table gateway.idempotency_keys (
   created_at timestamptz not null,
   completed_at timestamptz,
   expires_at timestamptz not null,
-  primary key (account_id, scope, idem_key)
+  primary key (account_id, scope, idem_key),
+  -- A done entry always carries what to replay (idempotency_store writes both at once).
+  constraint idempotency_keys_done_has_response
+    check (state <> 'done' or (status is not null and response is not null))
 );
 comment on table gateway.idempotency_keys is
   'Idempotency-Key entries: the first request''s fingerprint and, once done, its response. Expired '
@@ -24,7 +27,8 @@ create policy no_api_access on gateway.idempotency_keys
   for all to anon, authenticated using (false) with check (false);
 
 -- Claims (account, scope, key) for this fingerprint: started | replay (+ status, response) |
--- in_progress | mismatch. A running entry older than the hold timeout may be claimed again.
+-- in_progress | mismatch. A running entry older than the hold timeout may be claimed again; a row
+-- deleted between the insert and its lock is claimed again, never replayed without a response.
 create or replace function gateway.idempotency_claim(
   p_account_id bigint,
   p_scope text,
@@ -48,19 +52,22 @@ begin
   end if;
   select s.idempotency_ttl_seconds, s.hold_timeout_seconds into v_ttl, v_abandon
     from gateway.system_settings s where s.id;
-  -- A concurrent claim of the same key waits here until the first transaction ends.
-  insert into gateway.idempotency_keys
-    (account_id, scope, idem_key, fingerprint, state, created_at, expires_at)
-  values (p_account_id, p_scope, p_idem_key, p_fingerprint, 'running', p_now,
-          p_now + make_interval(secs => v_ttl))
-  on conflict do nothing;
-  if found then
-    return jsonb_build_object('state', 'started');
-  end if;
-
-  select * into r from gateway.idempotency_keys i
-   where i.account_id = p_account_id and i.scope = p_scope and i.idem_key = p_idem_key
-     for update;
+  loop
+    -- A concurrent claim of the same key waits here until the first transaction ends.
+    insert into gateway.idempotency_keys
+      (account_id, scope, idem_key, fingerprint, state, created_at, expires_at)
+    values (p_account_id, p_scope, p_idem_key, p_fingerprint, 'running', p_now,
+            p_now + make_interval(secs => v_ttl))
+    on conflict do nothing;
+    if found then
+      return jsonb_build_object('state', 'started');
+    end if;
+    select * into r from gateway.idempotency_keys i
+     where i.account_id = p_account_id and i.scope = p_scope and i.idem_key = p_idem_key
+       for update;
+    exit when found;
+    -- The row the insert ran into was deleted since (a released claim, the purge): claim anew.
+  end loop;
   if r.expires_at <= p_now
      or (r.state = 'running' and r.created_at <= p_now - make_interval(secs => v_abandon)) then
     update gateway.idempotency_keys i

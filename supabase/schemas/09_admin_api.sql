@@ -199,7 +199,16 @@ returns table (
   held_credits bigint,
   outstanding_balance bigint,
   expired_holds_today bigint,
-  top_models_today jsonb
+  top_models_today jsonb,
+  overruns_today bigint,
+  overrun_credits_today bigint,
+  overruns_all_time bigint,
+  overrun_credits_all_time bigint,
+  expired_uncharged_all_time bigint,
+  charged_usd_today numeric,
+  upstream_usd_today numeric,
+  charged_usd_all_time numeric,
+  upstream_usd_all_time numeric
 )
 language sql
 stable
@@ -225,8 +234,24 @@ as $$
            count(*) filter (where u.status <> 'voided') as req_all,
            coalesce(sum(u.total_tokens), 0) as tok_all,
            coalesce(sum(u.credits_charged), 0) as cred_all,
-           count(*) filter (where u.created_at >= d.start and u.status = 'expired') as expired_today
-      from gateway.usage_records u, day d
+           count(*) filter (where u.created_at >= d.start and u.status = 'expired') as expired_today,
+           count(*) filter (where u.status = 'expired') as expired_all,
+           count(*) filter (where u.created_at >= d.start and u.overrun_credits > 0) as over_today,
+           coalesce(sum(u.overrun_credits) filter (where u.created_at >= d.start), 0)
+             as over_cred_today,
+           count(*) filter (where u.overrun_credits > 0) as over_all,
+           coalesce(sum(u.overrun_credits), 0) as over_cred_all,
+           coalesce(sum(u.credits_charged * coalesce(u.usd_per_credit, s.usd_per_credit))
+                      filter (where u.created_at >= d.start), 0) as charged_usd_today,
+           coalesce(sum(coalesce(u.upstream_usd, u.upstream_cost))
+                      filter (where u.created_at >= d.start and u.status <> 'voided'), 0)
+             as upstream_usd_today,
+           coalesce(sum(u.credits_charged * coalesce(u.usd_per_credit, s.usd_per_credit)), 0)
+             as charged_usd_all,
+           coalesce(sum(coalesce(u.upstream_usd, u.upstream_cost))
+                      filter (where u.status <> 'voided'), 0) as upstream_usd_all
+      from gateway.usage_records u, day d, gateway.system_settings s
+     where s.id
   ),
   holds as (
     select count(*) as n from gateway.holds
@@ -237,10 +262,11 @@ as $$
   ),
   top as (
     select coalesce(jsonb_agg(jsonb_build_object('model', t.model, 'requests', t.requests,
-                                                 'tokens', t.tokens)
+                                                 'tokens', t.tokens, 'credits', t.credits)
                               order by t.requests desc, t.model), '[]') as models
       from (
-        select u.model, count(*) as requests, sum(u.total_tokens) as tokens
+        select u.model, count(*) as requests, sum(u.total_tokens) as tokens,
+               sum(u.credits_charged) as credits
           from gateway.usage_records u, day d
          where u.created_at >= d.start and u.status <> 'voided'
          group by u.model
@@ -251,7 +277,9 @@ as $$
   select p_now, acc.total, acc.active, keys.total, keys.active, usage.req_today,
          usage.tok_today::bigint, usage.cred_today::bigint, usage.req_all, usage.tok_all::bigint,
          usage.cred_all::bigint, holds.n, bal.held::bigint, bal.balance::bigint, usage.expired_today,
-         top.models
+         top.models, usage.over_today, usage.over_cred_today::bigint, usage.over_all,
+         usage.over_cred_all::bigint, usage.expired_all, usage.charged_usd_today,
+         usage.upstream_usd_today, usage.charged_usd_all, usage.upstream_usd_all
     from acc, keys, usage, holds, bal, top;
 $$;
 revoke execute on function gateway.monitor_at(timestamptz) from public;
@@ -286,6 +314,19 @@ begin
       'outstanding_balance', m.outstanding_balance, 'held', m.held_credits),
     'open_holds', m.open_holds,
     'expired_holds_today', m.expired_holds_today,
+    'expired_uncharged', jsonb_build_object(
+      'today', m.expired_holds_today, 'all_time', m.expired_uncharged_all_time),
+    'overruns', jsonb_build_object(
+      'today', m.overruns_today, 'credits_today', m.overrun_credits_today,
+      'all_time', m.overruns_all_time, 'credits_all_time', m.overrun_credits_all_time),
+    -- USD as decimal text: exact (a JSON number is a double).
+    'margin', jsonb_build_object(
+      'today', jsonb_build_object(
+        'charged_usd', m.charged_usd_today::text, 'upstream_usd', m.upstream_usd_today::text,
+        'margin_usd', (m.charged_usd_today - m.upstream_usd_today)::text),
+      'all_time', jsonb_build_object(
+        'charged_usd', m.charged_usd_all_time::text, 'upstream_usd', m.upstream_usd_all_time::text,
+        'margin_usd', (m.charged_usd_all_time - m.upstream_usd_all_time)::text)),
     'top_models_today', m.top_models_today
   );
 end
@@ -438,6 +479,10 @@ as $$
 declare
   t gateway.api_keys;
 begin
+  if length(p_reason) > 500 then
+    raise exception using errcode = '22023', hint = 'invalid_request',
+      message = 'reason: at most 500 characters';
+  end if;
   update gateway.api_keys k set is_active = p_active, suspended = not p_active, updated_at = now()
    where k.id = p_key_id and k.deleted_at is null
   returning k.* into t;
@@ -554,3 +599,68 @@ create or replace view gateway.monitor as
   select * from gateway.monitor_at(now());
 comment on view gateway.monitor is 'Operator: system-wide figures now (today = the UTC day).';
 grant select on gateway.monitor to service_role;
+
+-- Pricing: overruns, margin, models sold at a loss (docs/SQL-API.md, "Operator SQL").
+create or replace view gateway.overruns as
+  select u.hold_id, u.account_id as user_id, u.key_id, u.model, u.created_at, u.settled_at,
+         u.credits_held, u.credits_charged, u.overrun_credits, u.prompt_tokens,
+         (u.facts ->> 'prompt_bound')::bigint as prompt_bound,
+         (u.facts ->> 'images')::integer as images, (u.facts ->> 'audio')::integer as audio,
+         (u.facts ->> 'files')::integer as files,
+         (u.facts ->> 'web_results')::integer as web_results, u.completion_tokens, u.max_tokens,
+         u.web_search_requests, u.upstream_usd, u.settled_by, u.settled_late
+    from gateway.usage_records u
+   where u.overrun_credits > 0;
+comment on view gateway.overruns is
+  'Operator: settles charged above their hold (charged in full), with the facts the hold was sized '
+  'from. Only what a byte bound cannot see (parts larger than their allowance) should appear here.';
+
+-- Margin: what clients paid (credits × usd_per_credit at admission) against what upstream cost.
+create or replace view gateway.margin as
+  select (u.created_at at time zone 'UTC')::date as day, u.model,
+         count(*) as requests,
+         sum(u.credits_charged) as credits_charged,
+         sum(u.credits_charged * coalesce(u.usd_per_credit, s.usd_per_credit)) as charged_usd,
+         sum(coalesce(u.upstream_usd, u.upstream_cost)) as upstream_usd,
+         sum(u.credits_charged * coalesce(u.usd_per_credit, s.usd_per_credit))
+           - sum(coalesce(u.upstream_usd, u.upstream_cost)) as margin_usd,
+         count(*) filter (where coalesce(u.upstream_usd, u.upstream_cost) is null)
+           as requests_without_cost
+    from gateway.usage_records u
+    cross join gateway.system_settings s
+   where s.id and u.status not in ('voided', 'expired')
+   group by 1, 2;
+comment on view gateway.margin is
+  'Operator: per UTC day and model, what clients were charged (USD) against upstream cost (USD).';
+
+create or replace view gateway.margin_daily as
+  select m.day, sum(m.requests) as requests, sum(m.credits_charged) as credits_charged,
+         sum(m.charged_usd) as charged_usd, sum(m.upstream_usd) as upstream_usd,
+         sum(m.margin_usd) as margin_usd, sum(m.requests_without_cost) as requests_without_cost
+    from gateway.margin m
+   group by m.day;
+comment on view gateway.margin_daily is 'Operator: gateway.margin per UTC day.';
+
+-- Sold at a loss: catalog models whose multipliers (flat mode, or a fixed-price override in cost
+-- mode) charge less per token than upstream's price. refuse_unprofitable_models refuses them.
+create or replace view gateway.unprofitable_models as
+  select c.model, s.pricing_mode,
+         (p.dearest).prompt * 1000000 as prompt_usd_per_million,
+         (p.dearest).completion * 1000000 as completion_usd_per_million,
+         (p.dearest).prompt_multiplier * s.usd_per_credit * 1000000 as sold_prompt_usd_per_million,
+         (p.dearest).completion_multiplier * s.usd_per_credit * 1000000
+           as sold_completion_usd_per_million
+    from gateway.model_catalog c
+    cross join gateway.system_settings s
+    cross join lateral gateway.price_candidates(
+      array[c.model], s.pricing_mode, s.markup_percent, s.web_result_usd, s.usd_per_credit, false,
+      false) p
+   where s.id and (p.dearest).fixed and not (p.dearest).free
+     and (greatest((p.dearest).prompt, (p.dearest).input_cache_write)
+            > (p.dearest).prompt_multiplier * s.usd_per_credit
+          or greatest((p.dearest).completion, (p.dearest).internal_reasoning)
+            > (p.dearest).completion_multiplier * s.usd_per_credit);
+comment on view gateway.unprofitable_models is
+  'Operator: models whose catalog price is above what their multipliers charge (sold at a loss).';
+grant select on gateway.overruns, gateway.margin, gateway.margin_daily, gateway.unprofitable_models
+  to service_role;

@@ -62,8 +62,9 @@ select is(gateway.user_monitor(:'rh', null, null) -> 'usage_metrics' ->> 'total_
 select is(
   (gateway.key_usage(:'rh', null, null) -> 'keys' -> 0) - array['created_at', 'last_used_at', 'api_key', 'key_id'],
   '{"key_name":"Primary Key","is_active":true,"is_primary":true,"requests_used":1,"max_requests":null,
-    "requests_remaining":null,"usage_percentage":null,"environment_tag":"test"}'::jsonb,
-  'key_usage has the spec''s shape');
+    "requests_remaining":null,"usage_percentage":null,"environment_tag":"test","tokens_used":750,
+    "credits_used":750}'::jsonb,
+  'key_usage has the spec''s shape, and the tokens and credits each key used');
 select is(gateway.user_profile(:'rh', null, null) ->> 'email', 'Alice@Example.com',
           'user_profile returns the caller''s profile');
 

@@ -1,7 +1,7 @@
 -- pg_cron: installed, the housekeeping jobs scheduled (idempotently), stale holds voided and recorded.
 begin;
 \ir _helpers.sql
-select plan(17);
+select plan(18);
 
 select has_extension('pg_cron', 'pg_cron is installed');
 select is((select extnamespace::regnamespace::text from pg_extension where extname = 'pg_cron'), 'pg_catalog',
@@ -38,15 +38,21 @@ select is(tests.held(:'a'), 200::bigint, 'its credits are released');
 select ok(exists (select from gateway.holds where id = (:'fresh'::jsonb ->> 'hold_id')::bigint),
           'a hold younger than hold_timeout_seconds stays open');
 select is(tests.balance(:'a'), 1000::bigint, 'expiry charges nothing');
+select is(tests.settle(:'stale', 10, 10) - 'upstream_usd' - 'balance_after' - 'hold_id',
+          '{"settled":true,"late":true,"credits_charged":20,"held_credits":100,"overrun":false,
+            "overrun_credits":0}'::jsonb,
+          'a settle of an expired hold still posts its charge, and says it came late');
 select is(tests.settle(:'stale', 10, 10) ->> 'reason', 'already_settled',
-          'a late settle of an expired hold changes nothing');
+          'a second late settle changes nothing');
 select gateway.expire_stale_holds(now()) as again \gset
 select is(
   (select count(*) from gateway.usage_records where hold_id = (:'stale'::jsonb ->> 'hold_id')::bigint),
   1::bigint, 'running the sweeper again is harmless');
 select gateway.set_setting('hold_timeout_seconds', '60');
+select tests.begin(:'a'::jsonb ->> 'api_key', 50, 0, now() - interval '2 minutes') as short \gset
 select gateway.expire_stale_holds(now());
-select is(tests.held(:'a'), 0::bigint, 'the timeout is the hold_timeout_seconds setting');
+select is(tests.held(:'a'), 200::bigint,
+          'the timeout is the hold_timeout_seconds setting in force at admission');
 select ok(tests.ledger_ok(), 'the ledger still equals the balance');
 
 select * from finish();

@@ -3,7 +3,7 @@
 
 import assert from 'node:assert/strict'
 import { isWellFormedKey } from '../../functions/_shared/keys.ts'
-import { newAccount } from '../lib/accounts.ts'
+import { newAccount, settled } from '../lib/accounts.ts'
 import { api, chat } from '../lib/http.ts'
 import { test } from '../lib/stack.ts'
 
@@ -215,6 +215,7 @@ test("/user/api-keys/usage: the spec's shape, counting requests per key", async 
     [
       'api_key',
       'created_at',
+      'credits_used',
       'environment_tag',
       'is_active',
       'is_primary',
@@ -224,10 +225,19 @@ test("/user/api-keys/usage: the spec's shape, counting requests per key", async 
       'max_requests',
       'requests_remaining',
       'requests_used',
+      'tokens_used',
       'usage_percentage',
     ],
   )
   assert.equal(u.requests_used, 1)
+  // Flat pricing, no multiplier: a credit per token, once the request's settle has landed.
+  await settled(a.userId)
+  const after = (await api('/user/api-keys/usage', { key: a.key })).json.keys
+    .find((x: { key_id: number }) => x.key_id === k.key_id)
+  assert.ok(
+    after.tokens_used > 0 && after.credits_used === after.tokens_used,
+    JSON.stringify(after),
+  )
   assert.equal(u.requests_remaining, 3)
   assert.equal(u.usage_percentage, 25)
   const primary = res.json.keys.find((x: { key_id: number }) => x.key_id === a.keyId)
