@@ -79,11 +79,13 @@ export class PromptCache {
       if (hasCacheControl(body) && messages.length) marks.set(messages.length, body.cache_control)
       if (marks.size === 0) return NONE
     }
-    const json = (v: unknown) =>
-      JSON.stringify(
-        v ?? null,
-        marked ? (k, x) => (k === 'cache_control' ? undefined : x) : undefined,
-      )
+    // Markers are not content: two requests that differ only in cache_control share prefixes.
+    // (A regex over the JSON text, not a stringify replacer, which recurses and runs out of stack
+    // on deep schemas; in string values the key's quotes are escaped, so it cannot match there.)
+    const json = (v: unknown) => {
+      const text = JSON.stringify(v ?? null)
+      return marked ? text.replace(/,?"cache_control":\{[^{}]*\}/g, '') : text
+    }
 
     // keys[i] / ends[i]: the prefix through segment i and its tokens.
     const keys: string[] = []

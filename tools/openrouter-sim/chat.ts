@@ -83,19 +83,50 @@ function faultResponse(spec: Spec): Response {
   return openRouterError(Number(fault), STATUS_FAULTS[fault], retry)
 }
 
-/** A 400 message when `messages` is not what OpenRouter accepts. */
-function checkMessages(messages: unknown): string | undefined {
+const isObject = (v: unknown): v is Record<string, unknown> =>
+  typeof v === 'object' && v !== null && !Array.isArray(v)
+
+/**
+ * A 400 message when the parts of the body that are billed as prompt are not what OpenRouter's
+ * request schema accepts (it rejects them rather than bill them): messages, content parts,
+ * tools, functions, response_format.
+ */
+function checkBody(body: Json): string | undefined {
+  const messages = body.messages
   if (!Array.isArray(messages) || messages.length === 0) {
     return 'messages must be a non-empty array'
   }
   for (const m of messages) {
-    if (typeof m !== 'object' || m === null || !MESSAGE_ROLES.has(m.role)) {
+    if (!isObject(m) || !MESSAGE_ROLES.has(m.role as string)) {
       return 'each message must be an object with a valid role'
     }
     const c = m.content
     if (c !== undefined && c !== null && typeof c !== 'string' && !Array.isArray(c)) {
       return 'message content must be a string, an array of content parts or null'
     }
+    if (Array.isArray(c) && !c.every((part) => isObject(part) && typeof part.type === 'string')) {
+      return 'each content part must be an object with a type'
+    }
+  }
+  if (body.tools !== undefined && body.tools !== null) {
+    const ok = Array.isArray(body.tools) &&
+      body.tools.every((t: unknown) =>
+        isObject(t) && typeof t.type === 'string' &&
+        (t.type !== 'function' || (isObject(t.function) && typeof t.function.name === 'string'))
+      )
+    if (!ok) return 'tools must be an array of tool objects ({type, function: {name, …}})'
+  }
+  if (body.functions !== undefined && body.functions !== null) {
+    const ok = Array.isArray(body.functions) &&
+      body.functions.every((f: unknown) => isObject(f) && typeof f.name === 'string')
+    if (!ok) return 'functions must be an array of function objects ({name, …})'
+  }
+  const format = body.response_format
+  if (
+    format !== undefined && format !== null &&
+    !(isObject(format) && typeof format.type === 'string')
+  ) {
+    return 'response_format must be an object with a type'
   }
 }
 
@@ -198,7 +229,7 @@ export async function handleChat(req: Request, ctx: ChatContext): Promise<Respon
   }
   const routing = route(body)
   if (typeof routing === 'string') return openRouterError(400, routing)
-  const problem = checkMessages(body.messages) ?? checkWebPlugin(body)
+  const problem = checkBody(body) ?? checkWebPlugin(body)
   if (problem) return openRouterError(400, problem)
   const { candidates, primary } = routing
 
@@ -221,13 +252,17 @@ export async function handleChat(req: Request, ctx: ChatContext): Promise<Respon
   }
   if (statusFault(requestSpec)) return faultResponse(requestSpec)
 
-  const measure = measurePrompt(body)
-  const marked = text.includes('"cache_control"')
-  const chosen = choose(
-    candidates,
-    routeMode,
-    (c) => quote(c, body, measure, marked, primary, ctx),
-  )
+  let measure: PromptMeasure
+  let chosen: Quote | Response
+  try {
+    measure = measurePrompt(body)
+    const marked = text.includes('"cache_control"')
+    chosen = choose(candidates, routeMode, (c) => quote(c, body, measure, marked, primary, ctx))
+  } catch (error) {
+    // A schema nested deeper than JSON.stringify's stack allows.
+    if (error instanceof RangeError) return openRouterError(400, 'Request is nested too deeply')
+    throw error
+  }
   if (chosen instanceof Response) return chosen
   const served = chosen.candidate
   ctx.cache.store(chosen.cache)

@@ -287,6 +287,24 @@ Deno.test('chat validates the body, model id, suffixes and X-Sim-Fault', async (
       400,
     )
     await expectError(await chat(sim, [1, 2]), 400, 'Invalid JSON body')
+    // Billed parts OpenRouter's schema rejects are refused, not billed.
+    const user = [{ role: 'user', content: 'hi' }]
+    for (
+      const extra of [
+        { tools: [[1]] },
+        { tools: [{ type: 'function' }] },
+        { tools: { type: 'function', function: { name: 'f' } } },
+        { functions: [{ parameters: {} }] },
+        { response_format: 'json' },
+        { messages: [{ role: 'user', content: ['hi'] }] },
+        { messages: [{ role: 'user', content: [{ text: 'hi' }] }] },
+      ]
+    ) {
+      await expectError(
+        await chat(sim, { model: 'openai/gpt-4o-mini', messages: user, ...extra }),
+        400,
+      )
+    }
     await expectError(
       await chat(sim, { model: 'openai/gpt-4o-mini', messages: MESSAGES }, { 'x-sim-fault': 'x' }),
       400,
@@ -300,6 +318,24 @@ Deno.test('chat validates the body, model id, suffixes and X-Sim-Fault', async (
       400,
     )
     assert.equal((await stats(sim)).generations_count, 0)
+  })
+})
+
+Deno.test('a tool schema nested 100,000 deep is billed a token a bracket, never a 500', async () => {
+  await withSim({}, async (sim) => {
+    const deep = '['.repeat(100_000) + ']'.repeat(100_000)
+    for (const model of ['openai/gpt-4o-mini~len-3', 'anthropic/claude-sonnet-4~len-3']) {
+      const res = await chat(
+        sim,
+        `{"model":"${model}","cache_control":{"type":"ephemeral"},` +
+          `"messages":[{"role":"user","content":"x"}],` +
+          `"tools":[{"type":"function","function":{"name":"f","parameters":${deep}}}]}`,
+      )
+      assert.equal(res.status, 200)
+      // 3 + 4 + 1 for the message; the tool: 8 + '{"name":"f","parameters":' (10 punctuation,
+      // name, f, parameters 3) + 200,000 brackets + '}'.
+      assert.equal((await res.json()).usage.prompt_tokens, 8 + 8 + 15 + 200_000 + 1)
+    }
   })
 })
 
