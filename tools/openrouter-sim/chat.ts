@@ -1,34 +1,62 @@
-// POST /api/v1/chat/completions: validation, faults, and the JSON or SSE response.
+// POST /api/v1/chat/completions: validation, routing, faults, and the JSON or SSE response.
 
-import { type Price, resolveModel } from './catalog.ts'
+import { charge, usageJson } from './billing.ts'
+import type { CacheUse, PromptCache } from './cache.ts'
 import { json, openRouterError, sleep, StreamCut } from './http.ts'
-import { applyFault, parseModel } from './spec.ts'
+import { usdNumber } from './money.ts'
+import {
+  type Candidate,
+  checkWebPlugin,
+  reasoningBudget,
+  reasons,
+  route,
+  showsReasoning,
+  webSearch,
+} from './route.ts'
+import { applyFault, type Spec, type StatusFault } from './spec.ts'
 import type { Generation, Stats } from './stats.ts'
-import { completionText, completionTokens, priceTokens, promptTokens, tokenText } from './tokens.ts'
+import {
+  completionPlan,
+  completionText,
+  maxTokens,
+  measurePrompt,
+  type PromptMeasure,
+  reasoningText,
+  reasoningTokenText,
+  tokenText,
+  WEB_RESULT_TOKENS,
+} from './tokens.ts'
 
 export interface ChatContext {
   stats: Stats
+  cache: PromptCache
   /** Completion length when the request has no `~len-N` (config `completion_tokens`). */
   defaultTokens(): number
+  /** Reasoning length when neither `~reason-N` nor reasoning.max_tokens says (config). */
+  defaultReasoningTokens(): number
   newId(): string
   /** A 401 response when the request's bearer is missing or wrong. */
   unauthorized(req: Request): Response | undefined
 }
 
-/** Body faults stream (or, for `stream-cut`, send) at most this many tokens before breaking. */
+/** Body faults stream (or, for `stream-cut`, send) at most this many chunks before breaking. */
 export const FAULT_TOKENS = 3
 
-const STATUS_FAULTS: Record<string, string> = {
+const STATUS_FAULTS: Record<StatusFault, string> = {
   '401': 'User not found.',
   '402': 'Insufficient credits. Add more using https://openrouter.ai/settings/credits',
   '429': 'Rate limit exceeded: too many requests. Please retry shortly.',
   '502': 'Provider returned error',
   '503': 'No allowed providers are available for the selected model.',
 }
+/** Account-level faults end the request; the others make OpenRouter try the next model. */
+const ACCOUNT_FAULTS = new Set(['401', '402'])
 const PROVIDER_ERROR = { code: 502, message: 'Provider returned error' }
 
+const MESSAGE_ROLES = new Set(['system', 'developer', 'user', 'assistant', 'tool', 'function'])
+
 // Headers worth checking in tests of what a gateway forwards.
-const RECORDED_HEADERS = ['authorization', 'http-referer', 'x-title', 'x-sim-fault']
+const RECORDED_HEADERS = ['authorization', 'http-referer', 'x-title', 'x-sim-fault', 'x-sim-route']
 
 function recordedHeaders(headers: Headers): Record<string, string> {
   const out: Record<string, string> = {}
@@ -45,11 +73,148 @@ function maskBearer(value: string): string {
   return `${scheme} ****${key.length > 8 ? key.slice(-4) : ''}`
 }
 
+function statusFault(spec: Spec): StatusFault | undefined {
+  return spec.fault && spec.fault in STATUS_FAULTS ? spec.fault as StatusFault : undefined
+}
+
+function faultResponse(spec: Spec): Response {
+  const fault = statusFault(spec)!
+  const retry = fault === '429' ? { 'retry-after': String(spec.retryAfterS) } : undefined
+  return openRouterError(Number(fault), STATUS_FAULTS[fault], retry)
+}
+
+const isObject = (v: unknown): v is Record<string, unknown> =>
+  typeof v === 'object' && v !== null && !Array.isArray(v)
+
+/**
+ * A 400 message when the parts of the body that are billed as prompt are not what OpenRouter's
+ * request schema accepts (it rejects them rather than bill them): messages, content parts,
+ * tools, functions, response_format.
+ */
+function checkBody(body: Json): string | undefined {
+  const messages = body.messages
+  if (!Array.isArray(messages) || messages.length === 0) {
+    return 'messages must be a non-empty array'
+  }
+  for (const m of messages) {
+    if (!isObject(m) || !MESSAGE_ROLES.has(m.role as string)) {
+      return 'each message must be an object with a valid role'
+    }
+    const c = m.content
+    if (c !== undefined && c !== null && typeof c !== 'string' && !Array.isArray(c)) {
+      return 'message content must be a string, an array of content parts or null'
+    }
+    if (Array.isArray(c) && !c.every((part) => isObject(part) && typeof part.type === 'string')) {
+      return 'each content part must be an object with a type'
+    }
+  }
+  if (body.tools !== undefined && body.tools !== null) {
+    const ok = Array.isArray(body.tools) &&
+      body.tools.every((t: unknown) =>
+        isObject(t) && typeof t.type === 'string' &&
+        (t.type !== 'function' || (isObject(t.function) && typeof t.function.name === 'string'))
+      )
+    if (!ok) return 'tools must be an array of tool objects ({type, function: {name, …}})'
+  }
+  if (body.functions !== undefined && body.functions !== null) {
+    const ok = Array.isArray(body.functions) &&
+      body.functions.every((f: unknown) => isObject(f) && typeof f.name === 'string')
+    if (!ok) return 'functions must be an array of function objects ({name, …})'
+  }
+  const format = body.response_format
+  if (
+    format !== undefined && format !== null &&
+    !(isObject(format) && typeof format.type === 'string')
+  ) {
+    return 'response_format must be an object with a type'
+  }
+}
+
+/** What one candidate would bill for this request. */
+interface Quote {
+  candidate: Candidate
+  promptTokens: number
+  cache: CacheUse
+  web: { results: number; native: boolean } | undefined
+  reasoning: number
+  content: number
+  finishReason: 'stop' | 'length'
+  showReasoning: boolean
+  cost: bigint
+}
+
+// deno-lint-ignore no-explicit-any -- an arbitrary client body, checked field by field
+type Json = any
+
+function quote(
+  c: Candidate,
+  body: Json,
+  m: PromptMeasure,
+  marked: boolean,
+  primary: Spec,
+  ctx: ChatContext,
+): Quote {
+  const web = webSearch(body, c)
+  const promptTokens = m.tokens + (web ? web.results * WEB_RESULT_TOKENS : 0)
+  const cache = ctx.cache.lookup(c.catalogId, c.resolved.caching, body, m, marked)
+  const wantedReasoning = reasons(body, c.resolved)
+    ? primary.reason ?? reasoningBudget(body) ?? ctx.defaultReasoningTokens()
+    : 0
+  const plan = completionPlan(
+    { content: primary.len ?? ctx.defaultTokens(), reasoning: wantedReasoning },
+    maxTokens(body),
+  )
+  const cost = charge(c.resolved.price, {
+    prompt: promptTokens,
+    completion: plan.reasoning + plan.content,
+    reasoning: plan.reasoning,
+    cached: cache.cached,
+    cacheWrite: cache.write,
+    cacheWrite1h: cache.write1h,
+    audio: m.audioTokens,
+    webSearches: web ? 1 : 0,
+    webResults: web?.results ?? 0,
+    nativeSearch: web?.native ?? false,
+  }).total
+  return {
+    candidate: c,
+    promptTokens,
+    cache,
+    web,
+    ...plan,
+    showReasoning: showsReasoning(body, c.resolved),
+    cost,
+  }
+}
+
+/**
+ * The candidate that serves: a candidate whose own `~fault-` is 429/502/503 fails and OpenRouter
+ * falls back to the next; 401/402 are the account's and end the request. Among the candidates
+ * that do not fail, `first` takes the first (OpenRouter's order), `dearest`/`cheapest` the one
+ * whose usage.cost for this very request is highest/lowest (the earliest on a tie).
+ */
+function choose(
+  candidates: Candidate[],
+  mode: string,
+  quoteOf: (c: Candidate) => Quote,
+): Quote | Response {
+  const account = candidates.find((c) => ACCOUNT_FAULTS.has(c.spec.fault ?? ''))
+  if (account) return faultResponse(account.spec)
+  const healthy = candidates.filter((c) => !statusFault(c.spec))
+  if (healthy.length === 0) return faultResponse(candidates[candidates.length - 1].spec)
+  if (mode === 'first') return quoteOf(healthy[0])
+  let best = quoteOf(healthy[0])
+  for (const c of healthy.slice(1)) {
+    const q = quoteOf(c)
+    if (mode === 'dearest' ? q.cost > best.cost : q.cost < best.cost) best = q
+  }
+  return best
+}
+
 export async function handleChat(req: Request, ctx: ChatContext): Promise<Response> {
   const startedAt = Date.now()
   const text = await req.text()
-  // deno-lint-ignore no-explicit-any -- an arbitrary client body, checked field by field
-  let body: any
+  let body: Json
   try {
     body = JSON.parse(text)
   } catch {
@@ -59,83 +224,131 @@ export async function handleChat(req: Request, ctx: ChatContext): Promise<Respon
 
   const denied = ctx.unauthorized(req)
   if (denied) return denied
-  if (typeof body !== 'object' || body === null) return openRouterError(400, 'Invalid JSON body')
-  if (typeof body.model !== 'string' || body.model === '') {
-    return openRouterError(400, 'No model provided')
+  if (typeof body !== 'object' || body === null || Array.isArray(body)) {
+    return openRouterError(400, 'Invalid JSON body')
   }
-  const spec = parseModel(body.model)
-  const resolved = spec && resolveModel(spec.id)
-  if (!spec || !resolved) return openRouterError(400, `${body.model} is not a valid model ID`)
-  if (!Array.isArray(body.messages) || body.messages.length === 0) {
-    return openRouterError(400, 'messages must be a non-empty array')
-  }
+  const routing = route(body)
+  if (typeof routing === 'string') return openRouterError(400, routing)
+  const problem = checkBody(body) ?? checkWebPlugin(body)
+  if (problem) return openRouterError(400, problem)
+  const { candidates, primary } = routing
+
+  // The header applies to the request as a whole: a status fault fails it, whatever the model.
   const headerFault = req.headers.get('x-sim-fault')
-  if (headerFault !== null && !applyFault(spec, headerFault)) {
+  const requestSpec: Spec = { ...primary, fault: undefined }
+  if (headerFault !== null && !applyFault(requestSpec, headerFault)) {
     return openRouterError(400, `Unknown X-Sim-Fault mode: ${headerFault}`)
   }
+  const routeMode = req.headers.get('x-sim-route') ?? primary.route ??
+    (routing.router ? 'dearest' : 'first')
+  if (!['first', 'dearest', 'cheapest'].includes(routeMode)) {
+    return openRouterError(400, `Unknown X-Sim-Route mode: ${routeMode}`)
+  }
 
-  if (spec.slowMs > 0) {
-    await sleep(spec.slowMs, req.signal)
+  if (requestSpec.slowMs > 0) {
+    await sleep(requestSpec.slowMs, req.signal)
     // The client gave up while we held the headers; 499 marks that in chat_by_status.
     if (req.signal.aborted) return new Response(null, { status: 499 })
   }
-  const statusMessage = spec.fault && STATUS_FAULTS[spec.fault]
-  if (statusMessage) {
-    const retry = spec.fault === '429' ? { 'retry-after': String(spec.retryAfterS) } : undefined
-    return openRouterError(Number(spec.fault), statusMessage, retry)
-  }
+  if (statusFault(requestSpec)) return faultResponse(requestSpec)
 
-  const tokens = completionTokens(body, ctx.defaultTokens())
+  let measure: PromptMeasure
+  let chosen: Quote | Response
+  try {
+    measure = measurePrompt(body)
+    const marked = text.includes('"cache_control"')
+    chosen = choose(candidates, routeMode, (c) => quote(c, body, measure, marked, primary, ctx))
+  } catch (error) {
+    // A schema nested deeper than JSON.stringify's stack allows.
+    if (error instanceof RangeError) return openRouterError(400, 'Request is nested too deeply')
+    throw error
+  }
+  if (chosen instanceof Response) return chosen
+  const served = chosen.candidate
+  ctx.cache.store(chosen.cache)
+
   const g: Generation = {
     id: ctx.newId(),
-    model: spec.id,
-    provider: resolved.provider,
+    model: served.id,
+    router: routing.router,
+    provider: served.resolved.provider,
+    price: served.resolved.price,
+    caching: served.resolved.caching,
     stream: body.stream === true,
-    promptTokens: promptTokens(body),
+    promptTokens: chosen.promptTokens,
+    cachedTokens: chosen.cache.cached,
+    cacheWriteTokens: chosen.cache.write,
+    cacheWrite1h: chosen.cache.write1h,
+    audioTokens: measure.audioTokens,
+    media: measure.images + measure.audioParts + measure.files,
+    audioParts: measure.audioParts,
+    webSearches: chosen.web ? 1 : 0,
+    webResults: chosen.web?.results ?? 0,
+    nativeSearch: chosen.web?.native ?? false,
     completionTokens: 0,
+    reasoningTokens: 0,
     cancelled: false,
-    fault: spec.fault ?? (spec.slowMs > 0 ? 'slow' : null),
+    fault: requestSpec.fault ?? served.spec.fault ??
+      (requestSpec.slowMs > 0 ? 'slow' : null),
     totalCost: 0,
     finishReason: null,
     origin: req.headers.get('http-referer') ?? '',
+    userAgent: req.headers.get('user-agent'),
+    externalUser: typeof body.user === 'string' ? body.user : null,
     startedAt,
     heldMs: Date.now() - startedAt,
   }
   ctx.stats.addGeneration(g)
   const plan: Plan = {
-    tokens,
-    finishReason: tokens < (spec.len ?? ctx.defaultTokens()) ? 'length' : 'stop',
-    delayMs: spec.delayMs,
-    price: resolved.price,
+    reasoning: chosen.reasoning,
+    content: chosen.content,
+    showReasoning: chosen.showReasoning,
+    finishReason: chosen.finishReason,
+    delayMs: primary.delayMs,
   }
   return g.stream ? streamResponse(g, plan) : completeResponse(g, plan)
 }
 
 interface Plan {
-  tokens: number
+  reasoning: number
+  content: number
+  showReasoning: boolean
   finishReason: 'stop' | 'length'
   delayMs: number
-  price: Price
 }
 
-function end(g: Generation, plan: Plan, finishReason: string | null): void {
+/** Records `n` tokens produced in all, reasoning first. */
+function produce(g: Generation, plan: Plan, n: number): void {
+  g.reasoningTokens = Math.min(n, plan.reasoning)
+  g.completionTokens = n
+}
+
+/** Bills what was produced so far: the generation's usage.cost and /generation's total_cost. */
+function end(g: Generation, finishReason: string | null): void {
   g.endedAt = Date.now()
   g.firstTokenAt ??= g.endedAt
   g.finishReason = finishReason
-  g.totalCost = priceTokens(plan.price, g.promptTokens, g.completionTokens)
+  g.charge = charge(g.price, counts(g))
+  g.totalCost = usdNumber(g.charge.total)
+}
+
+export function counts(g: Generation) {
+  return {
+    prompt: g.promptTokens,
+    completion: g.completionTokens,
+    reasoning: g.reasoningTokens,
+    cached: g.cachedTokens,
+    cacheWrite: g.cacheWriteTokens,
+    cacheWrite1h: g.cacheWrite1h,
+    audio: g.audioTokens,
+    webSearches: g.webSearches,
+    webResults: g.webResults,
+    nativeSearch: g.nativeSearch,
+  }
 }
 
 function usage(g: Generation) {
-  return {
-    prompt_tokens: g.promptTokens,
-    completion_tokens: g.completionTokens,
-    total_tokens: g.promptTokens + g.completionTokens,
-    cost: g.totalCost,
-    is_byok: false,
-    prompt_tokens_details: { cached_tokens: 0 },
-    cost_details: { upstream_inference_cost: null },
-    completion_tokens_details: { reasoning_tokens: 0 },
-  }
+  return usageJson(counts(g), g.charge!, g.caching)
 }
 
 const created = (g: Generation) => Math.floor(g.startedAt / 1000)
@@ -143,8 +356,9 @@ const created = (g: Generation) => Math.floor(g.startedAt / 1000)
 function completeResponse(g: Generation, plan: Plan): Response {
   const headers = { 'x-generation-id': g.id }
   const breaks = g.fault === 'stream-error' || g.fault === 'stream-cut'
-  g.completionTokens = breaks ? Math.min(FAULT_TOKENS, plan.tokens) : plan.tokens
-  end(g, plan, breaks ? 'error' : plan.finishReason)
+  const total = plan.reasoning + plan.content
+  produce(g, plan, breaks ? Math.min(FAULT_TOKENS, total) : total)
+  end(g, breaks ? 'error' : plan.finishReason)
   // A non-streamed generation that fails mid-way is a 200 carrying the error (OpenRouter docs).
   if (g.fault === 'stream-error') return json(200, { error: PROVIDER_ERROR }, headers)
 
@@ -154,6 +368,7 @@ function completeResponse(g: Generation, plan: Plan): Response {
     model: g.model,
     object: 'chat.completion',
     created: created(g),
+    system_fingerprint: null,
     choices: [{
       logprobs: null,
       finish_reason: g.finishReason,
@@ -161,9 +376,11 @@ function completeResponse(g: Generation, plan: Plan): Response {
       index: 0,
       message: {
         role: 'assistant',
-        content: completionText(g.completionTokens),
+        content: completionText(g.completionTokens - g.reasoningTokens),
         refusal: null,
-        reasoning: null,
+        reasoning: plan.showReasoning && g.reasoningTokens > 0
+          ? reasoningText(g.reasoningTokens)
+          : null,
       },
     }],
     usage: usage(g),
@@ -207,9 +424,14 @@ function streamResponse(g: Generation, plan: Plan): Response {
     JSON.stringify(g.model)
   },"object":"chat.completion.chunk","created":${created(g)}`
   const tokenHead = `data: ${base},"choices":[{"index":0,"delta":{"role":"assistant","content":"`
+  const reasoningHead = `${tokenHead}","reasoning":"`
   const tokenTail = '"},"finish_reason":null,"native_finish_reason":null,"logprobs":null}]}\n\n'
-  const stopAt = g.fault ? Math.min(FAULT_TOKENS, plan.tokens) : plan.tokens
+  const total = plan.reasoning + plan.content
+  // Hidden reasoning is produced before the first chunk and streams nothing.
+  const hidden = plan.showReasoning ? 0 : plan.reasoning
+  const stopAt = g.fault ? Math.min(hidden + FAULT_TOKENS, total) : total
   const cancel = new AbortController()
+  produce(g, plan, hidden)
 
   const body = new ReadableStream<Uint8Array>({
     start(c) {
@@ -223,13 +445,18 @@ function streamResponse(g: Generation, plan: Plan): Response {
           if (cancel.signal.aborted) return
         }
         g.firstTokenAt ??= Date.now()
-        c.enqueue(ENCODER.encode(tokenHead + tokenText(g.completionTokens) + tokenTail))
-        g.completionTokens++
+        const i = g.completionTokens
+        c.enqueue(ENCODER.encode(
+          i < plan.reasoning
+            ? reasoningHead + reasoningTokenText(i) + tokenTail
+            : tokenHead + tokenText(i - plan.reasoning) + tokenTail,
+        ))
+        produce(g, plan, i + 1)
         return
       }
       switch (g.fault) {
         case 'stream-error':
-          end(g, plan, 'error')
+          end(g, 'error')
           c.enqueue(ENCODER.encode(
             `data: ${base},"error":${JSON.stringify(PROVIDER_ERROR)},"choices":[{"index":0,` +
               '"delta":{"content":""},"finish_reason":"error","native_finish_reason":null}]}\n\n',
@@ -238,14 +465,14 @@ function streamResponse(g: Generation, plan: Plan): Response {
         case 'stream-cut':
           await sleep(CUT_DELAY_MS, cancel.signal)
           if (cancel.signal.aborted) return
-          end(g, plan, 'error')
+          end(g, 'error')
           return c.error(new StreamCut())
         case 'malformed':
-          end(g, plan, 'error')
+          end(g, 'error')
           c.enqueue(ENCODER.encode(`data: ${base.slice(0, base.length >> 1)}\n\n`))
           return c.close()
         default: {
-          end(g, plan, plan.finishReason)
+          end(g, plan.finishReason)
           const finish =
             `"finish_reason":"${g.finishReason}","native_finish_reason":"${g.finishReason}"`
           c.enqueue(ENCODER.encode(
@@ -263,7 +490,7 @@ function streamResponse(g: Generation, plan: Plan): Response {
       cancel.abort()
       if (g.endedAt !== undefined) return
       g.cancelled = true
-      end(g, plan, null)
+      end(g, null)
     },
   })
   return new Response(body, { headers: { ...SSE_HEADERS, 'x-generation-id': g.id } })

@@ -16,6 +16,7 @@ const sim = await startSimulator({
   port: intEnv('SIM_PORT') ?? 54340,
   apiKey: Deno.env.get('SIM_API_KEY') || undefined,
   completionTokens: intEnv('SIM_COMPLETION_TOKENS'),
+  reasoningTokens: intEnv('SIM_REASONING_TOKENS'),
   generationDelayMs: intEnv('SIM_GENERATION_DELAY_MS'),
   modelsFault: intEnv('SIM_MODELS_FAULT') || null,
   maxGenerations: intEnv('SIM_MAX_GENERATIONS'),

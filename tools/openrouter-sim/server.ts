@@ -2,11 +2,14 @@
 // createSimulator() is transport-free (tests may call handler directly);
 // startSimulator() serves it on loopback.
 
+import { cacheDiscount } from './billing.ts'
+import { PromptCache } from './cache.ts'
 import { CATALOG } from './catalog.ts'
-import { type ChatContext, handleChat } from './chat.ts'
+import { type ChatContext, counts, handleChat } from './chat.ts'
 import { json, openRouterError, StreamCut } from './http.ts'
+import { usdJson } from './money.ts'
 import { DEFAULT_MAX_GENERATIONS, type Generation, Stats } from './stats.ts'
-import { DEFAULT_COMPLETION_TOKENS } from './tokens.ts'
+import { DEFAULT_COMPLETION_TOKENS, DEFAULT_REASONING_TOKENS } from './tokens.ts'
 
 export interface SimulatorOptions {
   /** When set, the bearer token must equal it; otherwise any non-empty bearer is accepted. */
@@ -17,6 +20,8 @@ export interface SimulatorOptions {
   modelsFault?: number | null
   /** Completion length when a request has no `~len-N` (default 16). */
   completionTokens?: number
+  /** Reasoning length of a reasoning model when the request does not say (default 16). */
+  reasoningTokens?: number
   /** Generations kept for /generation and stats; the oldest are dropped beyond it. */
   maxGenerations?: number
 }
@@ -26,13 +31,14 @@ export interface SimConfig {
   generation_delay_ms: number
   models_fault: number | null
   completion_tokens: number
+  reasoning_tokens: number
 }
 
 export interface Simulator {
   handler(req: Request): Promise<Response>
   /** The GET /__sim/stats document. */
   stats(summary?: boolean): Record<string, unknown>
-  /** Clears counters, generations and recorded requests (config is kept). */
+  /** Clears counters, generations, recorded requests and the prompt cache (config is kept). */
   reset(): void
   /** Applies a /__sim/config patch; returns an error message when it is invalid. */
   configure(patch: Record<string, unknown>): string | undefined
@@ -41,8 +47,12 @@ export interface Simulator {
 
 export const DEFAULT_GENERATION_DELAY_MS = 500
 
-// The catalog never changes, so its JSON is built once.
-const MODELS_BODY = JSON.stringify({ data: CATALOG })
+// The catalog never changes, so its JSON is built once (OpenRouter's ModelsListResponse).
+const MODELS_BODY = JSON.stringify({
+  data: CATALOG,
+  links: { next: null },
+  total_count: CATALOG.length,
+})
 
 /** Path and query of an absolute request URL, without the cost of a full URL parse. */
 function splitUrl(url: string): [path: string, query: string] {
@@ -51,18 +61,20 @@ function splitUrl(url: string): [path: string, query: string] {
   return q < 0 ? [url.slice(start), ''] : [url.slice(start, q), url.slice(q + 1)]
 }
 
+/** GET /generation's document (OpenRouter's GenerationResponse), for an ended generation. */
 function generationDocument(g: Generation & { endedAt: number }) {
+  const cost = usdJson(g.charge!.total)
+  const discount = cacheDiscount(g.price, counts(g))
   return {
     data: {
       id: g.id,
-      total_cost: g.totalCost,
+      upstream_id: `chatcmpl-${g.id.slice(4)}`,
+      total_cost: cost,
+      cache_discount: discount === null ? null : usdJson(discount),
+      // Not BYOK: OpenRouter reports the provider's own charge only for BYOK requests.
+      upstream_inference_cost: null,
       created_at: new Date(g.startedAt).toISOString(),
       model: g.model,
-      origin: g.origin,
-      usage: g.totalCost,
-      is_byok: false,
-      upstream_id: `chatcmpl-${g.id.slice(4)}`,
-      cache_discount: null,
       app_id: null,
       streamed: g.stream,
       cancelled: g.cancelled,
@@ -72,14 +84,32 @@ function generationDocument(g: Generation & { endedAt: number }) {
       generation_time: g.endedAt - g.startedAt,
       finish_reason: g.finishReason,
       native_finish_reason: g.finishReason,
+      service_tier: null,
       tokens_prompt: g.promptTokens,
       tokens_completion: g.completionTokens,
       native_tokens_prompt: g.promptTokens,
       native_tokens_completion: g.completionTokens,
-      native_tokens_reasoning: 0,
-      num_media_prompt: null,
-      num_media_completion: null,
-      num_search_results: null,
+      native_tokens_completion_images: 0,
+      native_tokens_reasoning: g.reasoningTokens,
+      native_tokens_cached: g.cachedTokens,
+      num_media_prompt: g.media,
+      num_input_audio_prompt: g.audioParts,
+      num_media_completion: 0,
+      num_search_results: g.webResults,
+      num_fetches: 0,
+      web_search_engine: g.webSearches ? (g.nativeSearch ? 'native' : 'exa') : null,
+      origin: g.origin,
+      usage: cost,
+      is_byok: false,
+      external_user: g.externalUser,
+      api_type: 'completions',
+      preset_id: null,
+      router: g.router,
+      provider_responses: null,
+      user_agent: g.userAgent,
+      http_referer: g.origin || null,
+      data_region: 'global',
+      workspace_id: null,
     },
   }
 }
@@ -92,7 +122,9 @@ export function createSimulator(opts: SimulatorOptions = {}): Simulator {
     generation_delay_ms: DEFAULT_GENERATION_DELAY_MS,
     models_fault: null,
     completion_tokens: DEFAULT_COMPLETION_TOKENS,
+    reasoning_tokens: DEFAULT_REASONING_TOKENS,
   }
+  const cache = new PromptCache()
 
   // gen-<unix>-<20 chars>: a per-simulator random prefix plus a counter, so ids are
   // unique without per-request randomness.
@@ -110,7 +142,9 @@ export function createSimulator(opts: SimulatorOptions = {}): Simulator {
 
   const chat: ChatContext = {
     stats,
+    cache,
     defaultTokens: () => config.completion_tokens,
+    defaultReasoningTokens: () => config.reasoning_tokens,
     newId: () =>
       `gen-${Math.floor(Date.now() / 1000)}-${prefix}${(seq++).toString(36).padStart(8, '0')}`,
     unauthorized,
@@ -130,16 +164,25 @@ export function createSimulator(opts: SimulatorOptions = {}): Simulator {
   }
 
   function configure(patch: Record<string, unknown>): string | undefined {
-    const { generation_delay_ms: delay, models_fault: fault, completion_tokens: tokens } = patch
+    const {
+      generation_delay_ms: delay,
+      models_fault: fault,
+      completion_tokens: tokens,
+      reasoning_tokens: reasoning,
+    } = patch
     if (delay !== undefined && !isCount(delay)) return 'generation_delay_ms must be an integer >= 0'
     if (
       fault !== undefined && fault !== null && fault !== 0 &&
       !(Number.isInteger(fault) && (fault as number) >= 400 && (fault as number) <= 599)
     ) return 'models_fault must be null, 0 or an HTTP status 400-599'
     if (tokens !== undefined && !isCount(tokens)) return 'completion_tokens must be an integer >= 0'
+    if (reasoning !== undefined && !isCount(reasoning)) {
+      return 'reasoning_tokens must be an integer >= 0'
+    }
     if (delay !== undefined) config.generation_delay_ms = delay
     if (fault !== undefined) config.models_fault = fault === 0 ? null : fault as number | null
     if (tokens !== undefined) config.completion_tokens = tokens
+    if (reasoning !== undefined) config.reasoning_tokens = reasoning
   }
 
   // Options go through the same validation as /__sim/config.
@@ -147,6 +190,7 @@ export function createSimulator(opts: SimulatorOptions = {}): Simulator {
     generation_delay_ms: opts.generationDelayMs,
     models_fault: opts.modelsFault,
     completion_tokens: opts.completionTokens,
+    reasoning_tokens: opts.reasoningTokens,
   })
   if (invalid) throw new RangeError(`openrouter-sim: ${invalid}`)
 
@@ -156,6 +200,7 @@ export function createSimulator(opts: SimulatorOptions = {}): Simulator {
         return json(200, stats.snapshot(/(^|&)summary=(1|true)(&|$)/.test(query)))
       case 'POST /__sim/reset':
         stats.reset()
+        cache.clear()
         return json(200, { ok: true })
       case 'GET /__sim/config':
         return json(200, config)
@@ -197,7 +242,10 @@ export function createSimulator(opts: SimulatorOptions = {}): Simulator {
   return {
     handler,
     stats: (summary = false) => stats.snapshot(summary),
-    reset: () => stats.reset(),
+    reset: () => {
+      stats.reset()
+      cache.clear()
+    },
     configure,
     config: () => ({ ...config }),
   }

@@ -1,5 +1,7 @@
 // deno-lint-ignore-file no-explicit-any -- tests inspect arbitrary JSON documents
-// Drives the simulator over real HTTP (ephemeral port) through every behaviour and fault.
+// Drives the simulator over real HTTP (ephemeral port) through its transport, shapes and faults.
+// Billing (tokenizer, prices, caching, reasoning, web search, routing) is in billing.test.ts and
+// tokens.test.ts; conformance to OpenRouter's schema, through @openrouter/sdk, in sdk.test.ts.
 // Run: deno test --allow-net --allow-env tools/openrouter-sim/
 
 import assert from 'node:assert/strict'
@@ -11,14 +13,8 @@ import {
   type StartOptions,
   startSimulator,
 } from './server.ts'
-import {
-  completionText,
-  completionTokens,
-  costUsd,
-  promptTokens,
-  tokenText,
-  utf8Length,
-} from './tokens.ts'
+import { costUsd } from './billing.ts'
+import { completionText, completionTokens, promptTokens, tokenText } from './tokens.ts'
 
 const KEY = 'sk-or-v1-test-0123456789'
 const AUTH = { authorization: `Bearer ${KEY}` }
@@ -26,6 +22,10 @@ const MESSAGES = [
   { role: 'system', content: 'You are terse.' },
   { role: 'user', content: 'Say something, please. Ünïcödé counts in bytes: 😀' },
 ]
+// By hand (README, "Token counting"): 3 priming + system 4 + (You 1, ' are' 1, ' terse' 2, '.' 1)
+// + user 4 + (Say 1, ' something' 3, ',' 1, ' please' 2, '.' 1, ' ' 1, Ü 2, 'n' 1, ï 2, 'c' 1,
+// ö 2, 'd' 1, é 2, ' counts' 2, ' in' 1, ' bytes' 2, ':' 1, ' ' 1, 😀 4).
+const MESSAGES_PROMPT = 3 + 4 + 5 + 4 + 31
 
 async function withSim(
   opts: StartOptions,
@@ -106,44 +106,35 @@ async function until<T>(what: string, probe: () => Promise<T | undefined>): Prom
   throw new Error(`timed out waiting for ${what}`)
 }
 
+/** The usage of a plain request (no cache, reasoning or web search) on `model`. */
 function expectedUsage(model: string, body: any, completion: number) {
   const prompt = promptTokens(body)
+  const price = CATALOG.find((m) => m.id === model.replace(/[:~].*$/, ''))!.pricing
+  const free = model.includes(':free')
   return {
     prompt_tokens: prompt,
     completion_tokens: completion,
     total_tokens: prompt + completion,
-    cost: costUsd(model, prompt, completion),
+    cost: Number(costUsd(model, { prompt, completion })),
     is_byok: false,
-    prompt_tokens_details: { cached_tokens: 0 },
-    cost_details: { upstream_inference_cost: null },
+    prompt_tokens_details: {
+      cached_tokens: 0,
+      ...(price.input_cache_write && !free ? { cache_write_tokens: 0 } : {}),
+      audio_tokens: 0,
+    },
+    cost_details: {
+      upstream_inference_cost: null,
+      upstream_inference_prompt_cost: free ? 0 : Number(costUsd(model, { prompt, completion: 0 })),
+      upstream_inference_completions_cost: free
+        ? 0
+        : Number(costUsd(model, { prompt: 0, completion })),
+    },
     completion_tokens_details: { reasoning_tokens: 0 },
   }
 }
 
-Deno.test('token functions follow their documented definitions', () => {
-  const sample = 'héllo € 😀'
-  assert.equal(utf8Length(sample), new TextEncoder().encode(sample).length)
-  assert.equal(utf8Length('\ud800x'), new TextEncoder().encode('\ud800x').length)
-
-  assert.equal(promptTokens({}), 3)
-  assert.equal(
-    promptTokens({
-      messages: [
-        { role: 'system', content: 'abcd' }, // 4 + 1
-        {
-          role: 'user',
-          content: [
-            { type: 'text', text: 'ab' },
-            { type: 'image_url', image_url: { url: 'https://x/y.png' } },
-            { type: 'text', text: 'cde' },
-          ],
-        }, // 4 + ceil(5 / 4)
-        { role: 'assistant', content: null }, // 4 + 0
-      ],
-    }),
-    3 + 5 + 6 + 4,
-  )
-
+Deno.test('completion length, its cap, the generated text and the test messages', () => {
+  assert.equal(promptTokens({ messages: MESSAGES }), MESSAGES_PROMPT)
   assert.equal(completionTokens({ model: 'openai/gpt-4o-mini' }), 16)
   assert.equal(completionTokens({ model: 'openai/gpt-4o-mini' }, 7), 7)
   assert.equal(completionTokens({ model: 'openai/gpt-4o-mini~len-40' }), 40)
@@ -152,13 +143,6 @@ Deno.test('token functions follow their documented definitions', () => {
     completionTokens({ model: 'x~len-40', max_tokens: 10, max_completion_tokens: 5 }),
     5,
   )
-
-  assert.equal(costUsd('openai/gpt-4o-mini', 1000, 500), 0.00045)
-  assert.equal(costUsd('openai/gpt-4o-mini~len-3~delay-5', 1000, 500), 0.00045)
-  assert.equal(costUsd('openai/gpt-4o-mini:nitro', 1000, 500), 0.00045)
-  assert.equal(costUsd('openai/gpt-4o-mini:free', 1000, 500), 0)
-  assert.equal(costUsd('perplexity/sonar', 10, 10), 0.00502) // includes the request price
-  assert.throws(() => costUsd('nope/nope', 1, 1))
 
   assert.equal(completionText(3), 'lorem ipsum dolor ')
   assert.equal(completionText(0), '')
@@ -179,7 +163,7 @@ Deno.test('catalog has OpenRouter /models shape and realistic coverage', () => {
   }
   for (const a of ['qwen', 'x-ai', 'cohere']) assert.ok(authors.has(a), a)
   for (const m of CATALOG) {
-    assert.deepEqual(Object.keys(m), [
+    assert.deepEqual(Object.keys(m).filter((k) => k !== 'reasoning'), [
       'id',
       'canonical_slug',
       'name',
@@ -191,15 +175,39 @@ Deno.test('catalog has OpenRouter /models shape and realistic coverage', () => {
       'top_provider',
       'per_request_limits',
       'supported_parameters',
+      'default_parameters',
+      'supported_voices',
+      'links',
     ])
-    for (const [k, v] of Object.entries(m.pricing)) {
-      assert.match(v, /^\d+(\.\d+)?$/, `${m.id} pricing.${k}`)
+    if (m.id === 'openrouter/auto') {
+      assert.deepEqual(m.pricing, { prompt: '-1', completion: '-1' }) // as OpenRouter lists it
+      continue
     }
-    assert.ok(Number(m.pricing.prompt) > 0 && Number(m.pricing.prompt) < 0.0001, m.id)
+    for (
+      const k of ['prompt', 'completion', 'request', 'image', 'web_search', 'internal_reasoning']
+    ) {
+      assert.equal(typeof (m.pricing as any)[k], 'string', `${m.id} pricing.${k}`)
+    }
+    for (const [k, v] of Object.entries(m.pricing)) {
+      if (k !== 'overrides') assert.match(v as string, /^\d+(\.\d+)?$/, `${m.id} pricing.${k}`)
+    }
+    const free = m.id.endsWith(':free')
+    assert.equal(Number(m.pricing.prompt) === 0, free, m.id)
+    if (!free) assert.ok(Number(m.pricing.prompt) < 0.0001, m.id)
   }
   const mini = CATALOG.find((m) => m.id === 'openai/gpt-4o-mini')!
   assert.equal(mini.pricing.prompt, '0.00000015')
   assert.equal(mini.pricing.completion, '0.0000006')
+  assert.equal(mini.pricing.input_cache_read, '0.000000075') // OpenAI reads at 0.5×
+  const sonnet = CATALOG.find((m) => m.id === 'anthropic/claude-sonnet-4')!
+  assert.equal(sonnet.pricing.input_cache_write, '0.00000375') // Anthropic writes at 1.25×
+  assert.equal(sonnet.pricing.input_cache_write_1h, '0.000006') // and 2× for an hour
+  assert.equal(
+    CATALOG.find((m) => m.id === 'anthropic/claude-opus-4')!.pricing.completion,
+    '0.000075',
+  )
+  assert.equal(CATALOG.find((m) => m.id === 'perplexity/sonar')!.pricing.request, '0.005')
+  assert.ok(ids.filter((id) => id.endsWith(':free')).length >= 3)
 })
 
 Deno.test('GET /models serves the catalog without auth and ignores ?category', async () => {
@@ -207,9 +215,10 @@ Deno.test('GET /models serves the catalog without auth and ignores ?category', a
     const res = await fetch(`${sim.baseUrl}/models`)
     assert.equal(res.status, 200)
     assert.match(res.headers.get('content-type')!, /application\/json/)
-    assert.deepEqual(await res.json(), { data: CATALOG })
+    const all = { data: CATALOG, links: { next: null }, total_count: CATALOG.length }
+    assert.deepEqual(await res.json(), all)
     const filtered = await fetch(`${sim.baseUrl}/models?category=programming`)
-    assert.deepEqual(await filtered.json(), { data: CATALOG })
+    assert.deepEqual(await filtered.json(), all)
   })
 })
 
@@ -269,17 +278,70 @@ Deno.test('chat validates the body, model id, suffixes and X-Sim-Fault', async (
     )
     await expectError(await chat(sim, { model: 'openai/gpt-4o-mini', messages: [] }), 400)
     await expectError(await chat(sim, { model: 'openai/gpt-4o-mini' }), 400)
+    // Messages OpenRouter rejects: no role, an unknown role, content of the wrong type.
+    for (const bad of [[{ content: 'hi' }], [{ role: 'robot', content: 'hi' }], [null]]) {
+      await expectError(await chat(sim, { model: 'openai/gpt-4o-mini', messages: bad }), 400)
+    }
+    await expectError(
+      await chat(sim, { model: 'openai/gpt-4o-mini', messages: [{ role: 'user', content: 7 }] }),
+      400,
+    )
+    await expectError(await chat(sim, [1, 2]), 400, 'Invalid JSON body')
+    // Billed parts OpenRouter's schema rejects are refused, not billed.
+    const user = [{ role: 'user', content: 'hi' }]
+    for (
+      const extra of [
+        { tools: [[1]] },
+        { tools: [{ type: 'function' }] },
+        { tools: { type: 'function', function: { name: 'f' } } },
+        { functions: [{ parameters: {} }] },
+        { response_format: 'json' },
+        { messages: [{ role: 'user', content: ['hi'] }] },
+        { messages: [{ role: 'user', content: [{ text: 'hi' }] }] },
+      ]
+    ) {
+      await expectError(
+        await chat(sim, { model: 'openai/gpt-4o-mini', messages: user, ...extra }),
+        400,
+      )
+    }
     await expectError(
       await chat(sim, { model: 'openai/gpt-4o-mini', messages: MESSAGES }, { 'x-sim-fault': 'x' }),
+      400,
+    )
+    await expectError(
+      await chat(sim, { model: 'openai/gpt-4o-mini', messages: MESSAGES }, { 'x-sim-route': 'x' }),
+      400,
+    )
+    await expectError(
+      await chat(sim, { model: 'openai/gpt-4o-mini~route-random', messages: MESSAGES }),
       400,
     )
     assert.equal((await stats(sim)).generations_count, 0)
   })
 })
 
+Deno.test('a tool schema nested 100,000 deep is billed a token a bracket, never a 500', async () => {
+  await withSim({}, async (sim) => {
+    const deep = '['.repeat(100_000) + ']'.repeat(100_000)
+    for (const model of ['openai/gpt-4o-mini~len-3', 'anthropic/claude-sonnet-4~len-3']) {
+      const res = await chat(
+        sim,
+        `{"model":"${model}","cache_control":{"type":"ephemeral"},` +
+          `"messages":[{"role":"user","content":"x"}],` +
+          `"tools":[{"type":"function","function":{"name":"f","parameters":${deep}}}]}`,
+      )
+      assert.equal(res.status, 200)
+      // 3 + 4 + 1 for the message; the tool: 8 + '{"name":"f","parameters":' (10 punctuation,
+      // name, f, parameters 3) + 200,000 brackets + '}'.
+      assert.equal((await res.json()).usage.prompt_tokens, 8 + 8 + 15 + 200_000 + 1)
+    }
+  })
+})
+
 Deno.test('non-streamed completion: OpenRouter shape, usage and cost from the token functions', async () => {
   await withSim({}, async (sim) => {
-    const body = { model: 'deepseek/deepseek-r1-0528', messages: MESSAGES }
+    const body = { model: 'deepseek/deepseek-chat-v3-0324', messages: MESSAGES }
     const before = Math.floor(Date.now() / 1000)
     const res = await chat(sim, body)
     const after = Math.ceil(Date.now() / 1000)
@@ -296,9 +358,10 @@ Deno.test('non-streamed completion: OpenRouter shape, usage and cost from the to
     assert.deepEqual(doc, {
       id: doc.id,
       provider: 'DeepSeek',
-      model: 'deepseek/deepseek-r1-0528',
+      model: 'deepseek/deepseek-chat-v3-0324',
       object: 'chat.completion',
       created: doc.created,
+      system_fingerprint: null,
       choices: [{
         logprobs: null,
         finish_reason: 'stop',
@@ -337,15 +400,25 @@ Deno.test('max_tokens / max_completion_tokens cap generation with finish_reason 
   })
 })
 
-Deno.test('variant suffixes :free / :nitro / :floor resolve; :free costs nothing', async () => {
+Deno.test('variants resolve to their model; :free only where the catalog lists it', async () => {
   await withSim({}, async (sim) => {
-    for (const variant of ['free', 'nitro', 'floor']) {
-      const body = { model: `deepseek/deepseek-r1-0528:${variant}`, messages: MESSAGES }
+    for (const variant of ['', ':nitro', ':floor', ':exacto', ':free', ':free:nitro']) {
+      const body = { model: `meta-llama/llama-3.3-70b-instruct${variant}`, messages: MESSAGES }
       const doc = await (await chat(sim, body)).json()
       assert.equal(doc.model, body.model)
       assert.deepEqual(doc.usage, expectedUsage(body.model, body, 16))
-      assert.equal(doc.usage.cost === 0, variant === 'free')
+      assert.equal(doc.usage.cost === 0, variant.startsWith(':free'))
     }
+    // No `openai/gpt-4o:free` in the catalog: OpenRouter refuses it, it is never priced at zero.
+    await expectError(
+      await chat(sim, { model: 'openai/gpt-4o:free', messages: MESSAGES }),
+      400,
+      'openai/gpt-4o:free is not a valid model ID',
+    )
+    await expectError(
+      await chat(sim, { model: 'openai/gpt-4o:nitro:turbo', messages: MESSAGES }),
+      400,
+    )
   })
 })
 
@@ -441,7 +514,9 @@ Deno.test('client abort mid-stream stops generation and records it as cancelled'
     assert.equal(g.stream, true)
     assert.equal(g.finish_reason, null)
     assert.ok(g.completion_tokens >= 3 && g.completion_tokens < 1000, String(g.completion_tokens))
-    assert.equal(g.total_cost, costUsd(body.model, promptTokens(body), g.completion_tokens))
+    const cost = costUsd(body.model, { prompt: MESSAGES_PROMPT, completion: g.completion_tokens })
+    assert.equal(g.total_cost, Number(cost))
+    assert.equal(g.cost, cost)
   })
 })
 
@@ -462,22 +537,21 @@ Deno.test('/generation: auth, 404 until the stats delay has passed, then the Ope
 
     await configure(sim, { generation_delay_ms: 0 })
     const doc = await (await get(`?id=${id}`)).json()
-    const prompt = promptTokens(body)
-    const cost = costUsd(body.model, prompt, 7)
+    // 47 × $3/M + 7 × $15/M
+    const cost = 0.000246
+    assert.equal(doc.data.total_cost, cost)
     assert.ok(doc.data.latency >= 0 && doc.data.generation_time >= doc.data.latency - 1)
     const createdAt = Date.parse(doc.data.created_at)
     assert.ok(before <= createdAt && createdAt <= after, doc.data.created_at)
     assert.deepEqual(doc, {
       data: {
         id,
+        upstream_id: `chatcmpl-${id.slice(4)}`,
         total_cost: cost,
+        cache_discount: null,
+        upstream_inference_cost: null,
         created_at: doc.data.created_at,
         model: 'anthropic/claude-sonnet-4',
-        origin: 'https://app.example',
-        usage: cost,
-        is_byok: false,
-        upstream_id: `chatcmpl-${id.slice(4)}`,
-        cache_discount: null,
         app_id: null,
         streamed: false,
         cancelled: false,
@@ -487,16 +561,35 @@ Deno.test('/generation: auth, 404 until the stats delay has passed, then the Ope
         generation_time: doc.data.generation_time,
         finish_reason: 'stop',
         native_finish_reason: 'stop',
-        tokens_prompt: prompt,
+        service_tier: null,
+        tokens_prompt: MESSAGES_PROMPT,
         tokens_completion: 7,
-        native_tokens_prompt: prompt,
+        native_tokens_prompt: MESSAGES_PROMPT,
         native_tokens_completion: 7,
+        native_tokens_completion_images: 0,
         native_tokens_reasoning: 0,
-        num_media_prompt: null,
-        num_media_completion: null,
-        num_search_results: null,
+        native_tokens_cached: 0,
+        num_media_prompt: 0,
+        num_input_audio_prompt: 0,
+        num_media_completion: 0,
+        num_search_results: 0,
+        num_fetches: 0,
+        web_search_engine: null,
+        origin: 'https://app.example',
+        usage: cost,
+        is_byok: false,
+        external_user: null,
+        api_type: 'completions',
+        preset_id: null,
+        router: null,
+        provider_responses: null,
+        user_agent: doc.data.user_agent,
+        http_referer: 'https://app.example',
+        data_region: 'global',
+        workspace_id: null,
       },
     })
+    assert.match(doc.data.user_agent, /Deno/)
   })
 })
 
@@ -631,7 +724,7 @@ Deno.test('stream-error: a few chunks, then the mid-stream error event, no [DONE
         [g.completion_tokens, g.fault, g.finish_reason, g.cancelled],
         [FAULT_TOKENS, 'stream-error', 'error', false],
       )
-      assert.equal(g.total_cost, costUsd(model, promptTokens(body), FAULT_TOKENS))
+      assert.equal(g.total_cost, Number(costUsd(model, { prompt: MESSAGES_PROMPT, completion: 3 })))
     }
     // Fewer tokens than FAULT_TOKENS: all of them, then the error.
     const short = await chat(sim, {
@@ -722,11 +815,18 @@ Deno.test('stats count requests, record bodies and masked headers; reset clears'
       id: s.generations[0].id,
       model: 'openai/gpt-4o-mini',
       stream: false,
-      prompt_tokens: promptTokens(body),
+      router: null,
+      prompt_tokens: MESSAGES_PROMPT,
       completion_tokens: 3,
+      reasoning_tokens: 0,
+      cached_tokens: 0,
+      cache_write_tokens: 0,
+      web_search_requests: 0,
       cancelled: false,
       fault: null,
-      total_cost: costUsd(body.model, promptTokens(body), 3),
+      // 47 × $0.15/M + 3 × $0.6/M
+      total_cost: 0.00000885,
+      cost: '0.00000885',
       finish_reason: 'length',
       ended: true,
       held_ms: s.generations[0].held_ms,
@@ -787,8 +887,10 @@ Deno.test('/__sim/config reads, validates and applies settings', async () => {
       generation_delay_ms: 500,
       models_fault: null,
       completion_tokens: 16,
+      reasoning_tokens: 16,
     })
     await expectError(await configure(sim, { generation_delay_ms: -1 }), 400)
+    await expectError(await configure(sim, { reasoning_tokens: -2 }), 400)
     await expectError(await configure(sim, { models_fault: 200 }), 400)
     await expectError(await configure(sim, { completion_tokens: 1.5 }), 400)
     await expectError(await configure(sim, [1]), 400)
@@ -797,6 +899,7 @@ Deno.test('/__sim/config reads, validates and applies settings', async () => {
       generation_delay_ms: 5,
       models_fault: null,
       completion_tokens: 16,
+      reasoning_tokens: 16,
     })
     await expectError(await fetch(`${sim.url}/__sim/nothing`), 404)
   })

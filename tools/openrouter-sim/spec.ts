@@ -1,8 +1,10 @@
 // The simulator's request "spec": test knobs carried in the model id as `~` suffixes
 // (so they survive a proxy that forwards only the body) or in the X-Sim-Fault header.
 //
-//   model    := catalog-id [":" variant] { "~" suffix }
-//   suffix   := "len-" N | "delay-" N | "slow" ["-" N] | "fault-" mode
+//   model    := catalog-id { ":" variant } { "~" suffix }
+//   suffix   := "len-" N | "reason-" N | "delay-" N | "slow" ["-" N] | "route-" route
+//             | "fault-" mode
+//   route    := "first" | "dearest" | "cheapest"
 //   mode     := "401" | "402" | "429" ["-" N] | "502" | "503" | "slow" ["-" N]
 //             | "stream-error" | "stream-cut" | "malformed"
 
@@ -16,6 +18,10 @@ export interface Spec {
   id: string
   /** Tokens to generate (`~len-N`); undefined = the simulator's default. */
   len?: number
+  /** Reasoning tokens, when the model reasons (`~reason-N`); undefined = the default. */
+  reason?: number
+  /** How a fallback list or openrouter/auto picks the model that serves (`~route-…`). */
+  route?: Route
   /** Delay before each streamed token chunk, ms (`~delay-N`). */
   delayMs: number
   /** Delay before the response headers, ms (`slow`). */
@@ -25,12 +31,16 @@ export interface Spec {
   retryAfterS: number
 }
 
+/** `first`: the first candidate that does not fail (OpenRouter's order); or the dearest/cheapest. */
+export type Route = 'first' | 'dearest' | 'cheapest'
+export const ROUTES: readonly Route[] = ['first', 'dearest', 'cheapest']
+
 export const DEFAULT_SLOW_MS = 5000
 export const DEFAULT_RETRY_AFTER_S = 2
 
 const MODE =
   /^(?:(401|402|502|503)|429(?:-(\d+))?|slow(?:-(\d+))?|(stream-error|stream-cut|malformed))$/
-const SUFFIX = /^(len|delay)-(\d+)$/
+const SUFFIX = /^(len|reason|delay)-(\d+)$/
 
 /**
  * Applies one fault mode (header value or `fault-` suffix) to `spec`.
@@ -58,7 +68,12 @@ export function parseModel(model: string): Spec | undefined {
     const knob = SUFFIX.exec(part)
     if (knob) {
       if (knob[1] === 'len') spec.len = Number(knob[2])
+      else if (knob[1] === 'reason') spec.reason = Number(knob[2])
       else spec.delayMs = Number(knob[2])
+    } else if (part.startsWith('route-')) {
+      const route = part.slice(6) as Route
+      if (!ROUTES.includes(route)) return undefined
+      spec.route = route
     } else if (part.startsWith('fault-')) {
       if (!applyFault(spec, part.slice(6))) return undefined
     } else if (!part.startsWith('slow') || !applyFault(spec, part)) {

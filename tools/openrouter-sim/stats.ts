@@ -1,20 +1,44 @@
 // Request counters, recorded generations and the last chat request bodies, all bounded
 // so a long benchmark cannot grow the simulator's memory without limit.
 
+import type { Caching, Price } from './catalog.ts'
+import type { Charge } from './billing.ts'
+import { formatUsd } from './money.ts'
+
 export interface Generation {
   id: string
-  /** Requested model id without `~` suffixes (variant kept), as echoed in responses. */
+  /** The model that served, as requested but without `~` suffixes (variants kept), as echoed. */
   model: string
+  /** `openrouter/auto` when the auto router chose the model, else null. */
+  router: string | null
   provider: string
+  price: Price
+  caching: Caching
   stream: boolean
+  /** Prompt tokens, web-search results included; cached and cache-write tokens are part of them. */
   promptTokens: number
-  /** Tokens produced so far; final once `endedAt` is set. */
+  cachedTokens: number
+  cacheWriteTokens: number
+  cacheWrite1h: boolean
+  audioTokens: number
+  /** Image, audio and file parts of the prompt. */
+  media: number
+  audioParts: number
+  webSearches: number
+  webResults: number
+  nativeSearch: boolean
+  /** Tokens produced so far (reasoning included); final once `endedAt` is set. */
   completionTokens: number
+  reasoningTokens: number
   cancelled: boolean
   fault: string | null
+  /** Set by end(): the exact charge and `usage.cost` as a number. */
+  charge?: Charge
   totalCost: number
   finishReason: string | null
   origin: string
+  userAgent: string | null
+  externalUser: string | null
   startedAt: number
   /** How long the response headers were held back before generating (the `slow` fault), ms. */
   heldMs: number
@@ -126,11 +150,17 @@ export class Stats {
         id: g.id,
         model: g.model,
         stream: g.stream,
+        router: g.router,
         prompt_tokens: g.promptTokens,
         completion_tokens: g.completionTokens,
+        reasoning_tokens: g.reasoningTokens,
+        cached_tokens: g.cachedTokens,
+        cache_write_tokens: g.cacheWriteTokens,
+        web_search_requests: g.webSearches,
         cancelled: g.cancelled,
         fault: g.fault,
         total_cost: g.totalCost,
+        cost: g.charge ? formatUsd(g.charge.total) : null,
         finish_reason: g.finishReason,
         ended: g.endedAt !== undefined,
         held_ms: g.heldMs,
