@@ -51,12 +51,8 @@ export function startFunctionsServer(opts: {
     cmd: DENO,
     args: [
       'run',
-      '--allow-net',
-      '--allow-env',
-      '--allow-read',
+      '-A',
       '--unstable-no-legacy-abort',
-      ...(opts.denoArgs ?? []),
-      ...(v8 ? [`--v8-flags=${v8}`] : []),
       `${ROOT}scripts/serve-functions.ts`,
     ],
     env: {
@@ -66,6 +62,9 @@ export function startFunctionsServer(opts: {
       OPENROUTER_BASE_URL: opts.upstream,
       OPENROUTER_API_KEY: 'bench',
       GATEWAY_UPSTREAM_SIMULATED: '1',
+      // The function runs in worker processes (scripts/edge-worker.ts): profiling and V8 flags are theirs.
+      FUNCTIONS_WORKER_DENO_ARGS: [...(opts.denoArgs ?? []), ...(v8 ? [`--v8-flags=${v8}`] : [])]
+        .join(' '),
       ...opts.env,
     },
     log: opts.log,

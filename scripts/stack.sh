@@ -172,7 +172,7 @@ start_simulator() {
 }
 
 functions_hash() {
-  tree_hash "$ROOT/supabase/functions" "$ROOT/scripts/serve-functions.ts" "$ROOT/scripts/stack.sh"
+  tree_hash "$ROOT/supabase/functions" "$ROOT/scripts/serve-functions.ts" "$ROOT/scripts/edge-worker.ts" "$ROOT/scripts/stack.sh"
 }
 
 start_functions() {
@@ -193,7 +193,7 @@ start_functions() {
       export OPENROUTER_API_KEY=simulated-upstream-key GATEWAY_UPSTREAM_SIMULATED=1
     fi
     cd "$ROOT"
-    nohup "$ROOT/node_modules/.bin/deno" run --allow-net --allow-env --allow-read --unstable-no-legacy-abort \
+    nohup "$ROOT/node_modules/.bin/deno" run -A --unstable-no-legacy-abort \
       scripts/serve-functions.ts >"$LOCAL/functions.log" 2>&1 &
     echo $! >"$LOCAL/functions.pid"
   )

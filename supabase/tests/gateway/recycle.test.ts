@@ -16,7 +16,7 @@ function freePort(): number {
 
 async function startFunctions(port: number): Promise<Deno.ChildProcess> {
   const child = new Deno.Command(Deno.execPath(), {
-    args: ['run', '--allow-net', '--allow-env', '--allow-read', 'scripts/serve-functions.ts'],
+    args: ['run', '-A', 'scripts/serve-functions.ts'],
     cwd: ROOT.pathname,
     env: {
       FUNCTIONS_PORT: String(port),

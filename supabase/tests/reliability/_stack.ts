@@ -160,14 +160,8 @@ export async function startFunctions(opts: FunctionsOptions = {}): Promise<Funct
     ? 'scripts/serve-functions.ts'
     : 'supabase/tests/reliability/_serve-on-host.ts'
   const child = new Deno.Command(Deno.execPath(), {
-    args: [
-      'run',
-      '--allow-net',
-      '--allow-env',
-      '--allow-read',
-      '--unstable-no-legacy-abort',
-      entry,
-    ],
+    // -A: the stand-in spawns worker processes and reads their memory from /proc.
+    args: ['run', '-A', '--unstable-no-legacy-abort', entry],
     cwd: ROOT,
     env: {
       FUNCTIONS_PORT: String(port),
