@@ -104,6 +104,7 @@ interface Admission {
 // for it; measured against one, three and four (docs/PERFORMANCE.md). At most 64 per call: every
 // account a batch admits stays locked until it commits.
 const admissions = new Batcher<Admission, BeginResult>({
+  name: 'admissions',
   maxCalls: 2,
   maxBatch: 64,
   call: (batch) =>
@@ -230,6 +231,7 @@ interface SettleArgs {
 // the hold is a large part of what the account has left: a client sending requests back to back
 // would find its credits tied up in holds waiting to settle (a 402 it did not get before).
 const settlements = new Batcher<SettleArgs, Settlement>({
+  name: 'settlements',
   maxCalls: 1,
   maxBatch: 100,
   lingerMs: config.settleLingerMs,
@@ -252,6 +254,10 @@ const settlements = new Batcher<SettleArgs, Settlement>({
       ])).then((s) => [s])
   },
 })
+
+// The edge runtime announces the end of a worker with `beforeunload` (near its wall clock, over its
+// memory): settles waiting for company go at once.
+globalThis.addEventListener?.('beforeunload', () => settlements.flushNow())
 
 /**
  * Charges the hold for `usage`. Runs in background (it survives the response and retries while the
