@@ -222,6 +222,8 @@ const server = Deno.serve({
   },
 }, async (req, info) => {
   const r = started()
+  // A request whose client (the supervisor) left is over for the lifecycle, answered or not.
+  req.signal.addEventListener('abort', () => ended(r, 499, 'client_gone'), { once: true })
   try {
     return observed(await handler(asSent(req), info), r)
   } catch (err) {
@@ -245,9 +247,9 @@ function exitNow(code: number, reason: string): never {
 
 /** Termination requested (the stand-in stops): no new requests; once nothing is pending, go. */
 async function terminate(): Promise<void> {
-  const stopping = server.shutdown()
+  // Not awaited: Deno's shutdown also waits for handlers whose client has left, which may be never.
+  server.shutdown()
   while (inFlight.size > 0 || waiting > 0) await new Promise((r) => setTimeout(r, 20))
-  await stopping
   beforeunload('termination')
   exitNow(0, 'termination')
 } // Commands from the supervisor, one per line.

@@ -75,6 +75,8 @@ const root = new URL(
 const workerScript = new URL('./edge-worker.ts', import.meta.url).pathname
 const workerArgs = (Deno.env.get('FUNCTIONS_WORKER_DENO_ARGS') ?? '').split(/\s+/).filter(Boolean)
 const MEMORY_POLL_MS = 200
+/** How long a worker without a wall clock may take to finish its work when the stand-in stops. */
+const TERMINATION_GRACE_MS = 60_000
 
 // --- events -----------------------------------------------------------------------------------------
 const EVENTS = [
@@ -303,6 +305,8 @@ class Worker {
     this.ending = 'terminated'
     if (current.get(this.fn) === this) current.delete(this.fn)
     this.send('terminate')
+    // Its wall clock ends it anyway; without one, a request that never ends would keep it forever.
+    if (limits.wallClockMs === 0) this.#at(TERMINATION_GRACE_MS, () => this.child.kill('SIGKILL'))
   }
 
   describe() {
