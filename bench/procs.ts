@@ -59,6 +59,7 @@ export function startFunctionsServer(opts: {
       FUNCTIONS_PORT: String(opts.port),
       SUPABASE_URL: `http://127.0.0.1:${opts.port}`,
       SUPABASE_DB_URL: opts.dbUrl,
+      GATEWAY_DB_URL: functionDbUrl(opts.dbUrl),
       OPENROUTER_BASE_URL: opts.upstream,
       OPENROUTER_API_KEY: 'bench',
       GATEWAY_UPSTREAM_SIMULATED: '1',
@@ -70,6 +71,18 @@ export function startFunctionsServer(opts: {
     log: opts.log,
     readyUrl: `http://127.0.0.1:${opts.port}/functions/v1/gateway/health`,
   })
+}
+
+/**
+ * The function's own connection to the database of `dbUrl`, as the stack gives it: gateway_api
+ * through PgBouncer (scripts/stack.sh; the function refuses to serve as postgres).
+ */
+export function functionDbUrl(dbUrl: string): string {
+  const u = new URL(dbUrl)
+  u.username = 'gateway_api'
+  u.password = Deno.env.get('GATEWAY_API_PASSWORD') ?? 'gateway-api-local'
+  u.port = '54329'
+  return u.href
 }
 
 /** Starts `cmd args…` with its output in `log`, and waits until `readyUrl` answers at all. */

@@ -7,6 +7,7 @@ import { bodyLimit } from 'hono/body-limit'
 import type { MiddlewareHandler } from 'hono'
 import { describe } from './background.ts'
 import { config } from './config.ts'
+import { checkRole, databaseRole, refusal } from './db.ts'
 import { docsRoutes } from './docs.ts'
 import { ApiError, errorResponse } from './errors.ts'
 import { log, type LogFields } from './log.ts'
@@ -97,6 +98,26 @@ const tooLarge = () => {
   })
 }
 
+/**
+ * 503 on every route while the function reaches Postgres as a superuser or the owner of schema
+ * gateway (db.ts, checkRole): least privilege would be lost without an error. /health says why.
+ */
+const roleGate: MiddlewareHandler<AppEnv> = async (c, next) => {
+  const r = databaseRole() ?? await checkRole()
+  const why = r && refusal(r)
+  if (!why) return next()
+  if (c.req.path === `${BASE_PATH}/health`) {
+    return json({
+      status: 'refusing',
+      timestamp: new Date().toISOString(),
+      database: 'ok',
+      database_role: r.role,
+      reason: why,
+    }, 503)
+  }
+  throw new ApiError(503, why, { code: 'privileged_database_role' })
+}
+
 function onError(err: Error): Response {
   if (err instanceof ApiError) return err.getResponse()
   if (err instanceof HTTPException) {
@@ -142,6 +163,7 @@ export function buildApp() {
   const app = router({ strict: false }).basePath(BASE_PATH)
 
   app.use('*', requestLog, cors, bodyLimit({ maxSize: config.maxBodyBytes, onError: tooLarge }))
+  app.use('*', roleGate)
 
   app.route('/', publicRoutes)
   app.route('/', registerRoutes)

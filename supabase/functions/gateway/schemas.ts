@@ -34,17 +34,23 @@ export const RateLimits = z.object({
 // ---- public ---------------------------------------------------------------------------------
 
 export const Health = z.object({
-  status: z.enum(['ok', 'degraded', 'unhealthy']),
+  status: z.enum(['ok', 'degraded', 'unhealthy', 'refusing']),
   timestamp,
   database: z.string().openapi({ example: 'ok' }),
-  upstream: z.object({ simulated: z.boolean(), base_url: z.string() }),
+  database_role: z.string().nullable().optional().openapi({
+    description: 'The role the function runs as in Postgres (gateway_api)',
+  }),
+  reason: z.string().optional().openapi({
+    description: 'Why the gateway refuses to serve (status refusing)',
+  }),
+  upstream: z.object({ simulated: z.boolean(), base_url: z.string() }).optional(),
   models_cache: z.object({
     status: z.enum(['fresh', 'stale', 'empty']),
     fetched_at: timestamp.nullable(),
     upstream_ok: z.boolean(),
     serving_last_good_copy: z.boolean(),
     last_error: z.string().nullable(),
-  }),
+  }).nullable().optional(),
 }).openapi('Health')
 
 export const ModelList = z.object({

@@ -8,7 +8,7 @@ import {
   balance,
   chat,
   db,
-  DB_URL,
+  FUNCTION_DB_URL,
   newAccount,
   setRateLimits,
   settled,
@@ -74,8 +74,8 @@ test('concurrent admissions go in batches and each request gets its own exact de
 })
 
 test('an element the database rejects fails alone: the rest of its batch is admitted', async () => {
-  // metering.ts directly (its own pool, as the function's), against the real database.
-  Deno.env.set('SUPABASE_DB_URL', DB_URL)
+  // metering.ts directly (its own pool, as the function's: the pooler, as gateway_api).
+  Deno.env.set('GATEWAY_DB_URL', FUNCTION_DB_URL)
   // Eight admissions of one caller would make it busy enough for reserved admissions
   // (reservations.ts), which are not what this test is about.
   Deno.env.set('GATEWAY_RESERVE_ADMISSIONS', '0')

@@ -3,7 +3,15 @@
 // stops. The test runs its own function process on a free port, so stopping it disturbs no one.
 
 import assert from 'node:assert/strict'
-import { DB_URL, newAccount, settled, SIM_URL, simGeneration, test } from './_helpers.ts'
+import {
+  DB_URL,
+  FUNCTION_DB_URL,
+  newAccount,
+  settled,
+  SIM_URL,
+  simGeneration,
+  test,
+} from './_helpers.ts'
 
 const ROOT = new URL('../../../', import.meta.url)
 
@@ -22,6 +30,7 @@ async function startFunctions(port: number): Promise<Deno.ChildProcess> {
       FUNCTIONS_PORT: String(port),
       SUPABASE_URL: `http://127.0.0.1:${port}`,
       SUPABASE_DB_URL: DB_URL,
+      GATEWAY_DB_URL: FUNCTION_DB_URL,
       OPENROUTER_BASE_URL: `${SIM_URL}/api/v1`,
       OPENROUTER_API_KEY: 'simulated-upstream-key',
       GATEWAY_UPSTREAM_SIMULATED: '1',

@@ -8,7 +8,7 @@
 // suffix `~hold-done-N` holds `data: [DONE]` back for N ms after the usage chunk, so a client can
 // leave after upstream reported usage but before the stream ended.
 
-import { DB_URL } from '../gateway/_helpers.ts'
+import { DB_URL, FUNCTION_DB_URL } from '../gateway/_helpers.ts'
 import { createSimulator, type Simulator } from '../../../tools/openrouter-sim/server.ts'
 
 const ROOT = new URL('../../../', import.meta.url).pathname
@@ -115,7 +115,7 @@ export function startOwnSimulator(opts: { generationDelayMs?: number } = {}): Ow
 export interface FunctionsOptions {
   /** OPENROUTER_BASE_URL; default: the shared simulator. */
   upstream?: string
-  /** SUPABASE_DB_URL; default: the shared Postgres. */
+  /** GATEWAY_DB_URL; default: the shared Postgres through the stack's PgBouncer, as gateway_api. */
   dbUrl?: string
   /** '::1' serves on IPv6 loopback (serve-functions.ts itself binds 127.0.0.1). */
   hostname?: string
@@ -167,7 +167,8 @@ export async function startFunctions(opts: FunctionsOptions = {}): Promise<Funct
       FUNCTIONS_PORT: String(port),
       FUNCTIONS_HOSTNAME: hostname,
       SUPABASE_URL: `http://${host}:${port}`,
-      SUPABASE_DB_URL: opts.dbUrl ?? DB_URL,
+      SUPABASE_DB_URL: DB_URL,
+      GATEWAY_DB_URL: opts.dbUrl ?? FUNCTION_DB_URL,
       OPENROUTER_BASE_URL: opts.upstream ??
         `${Deno.env.get('SIM_URL') ?? 'http://127.0.0.1:54340'}/api/v1`,
       OPENROUTER_API_KEY: 'simulated-upstream-key',
