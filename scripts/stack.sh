@@ -10,6 +10,7 @@
 #   scripts/stack.sh stop     stop the functions, the simulator, PgBouncer and Postgres
 #   scripts/stack.sh reset    drop the database cluster, recreate it, re-apply migrations and seed
 #   scripts/stack.sh status   what runs, and where
+#   scripts/stack.sh banner   where everything is, and where the running gateway points upstream
 #   scripts/stack.sh pgdata   the cluster's data directory (for tests that restart Postgres)
 #
 # Every step is idempotent: a second `start` only restarts the functions if their code changed.
@@ -304,24 +305,40 @@ upstream_is_simulated() {
   (load_function_env; [ -z "${OPENROUTER_API_KEY:-}" ])
 }
 
+# Where the running gateway points, as it says itself (/health): what it was started with, not what
+# this shell's environment says now. $1: another functions server (http://host:port), for tests.
 banner() {
-  local upstream
-  if upstream_is_simulated; then
-    upstream="SIMULATED — no OPENROUTER_API_KEY is set, so completions come from the local OpenRouter
-             simulator at http://127.0.0.1:$SIM_PORT/api/v1 (tools/openrouter-sim). Put a real key in
-             supabase/functions/.env to talk to https://openrouter.ai/api/v1."
+  local fn=${1:-http://127.0.0.1:$FN_PORT} health base simulated upstream limits
+  health=$(curl -fsS "$fn/functions/v1/gateway/health" 2>/dev/null || true)
+  base=$(sed -nE 's/.*"base_url":"([^"]*)".*/\1/p' <<<"$health")
+  simulated=$(sed -nE 's/.*"simulated":(true|false).*/\1/p' <<<"$health")
+  if [ -z "$base" ]; then
+    upstream="unknown: the gateway did not answer /health (see .local/functions.log)"
+  elif [ "$simulated" = true ] && [ "$base" = "http://127.0.0.1:$SIM_PORT/api/v1" ]; then
+    upstream="SIMULATED — $base, the local OpenRouter simulator (tools/openrouter-sim):
+             no OPENROUTER_API_KEY is set. Put a real key in supabase/functions/.env to talk to
+             https://openrouter.ai/api/v1."
+  elif [ "$simulated" = true ]; then
+    upstream="$base (OPENROUTER_BASE_URL), with no OPENROUTER_API_KEY: a placeholder key is sent,
+             so only a simulator there will answer."
   else
-    upstream="REAL — ${OPENROUTER_BASE_URL:-https://openrouter.ai/api/v1} with your OPENROUTER_API_KEY"
+    upstream="REAL — $base with your OPENROUTER_API_KEY"
   fi
+  limits=$(curl -fsS "$fn/_edge/lifecycle" 2>/dev/null |
+    sed -nE 's/.*"wall_clock_ms":([0-9]+).*"memory_limit_mb":([0-9]+).*/wall clock \1 ms, memory \2 MB/p')
   cat <<EOF
 
   Gateway     http://127.0.0.1:$FN_PORT/functions/v1/gateway/   (docs: …/gateway/docs)
   OpenAI SDK  baseURL http://127.0.0.1:$FN_PORT/functions/v1/gateway/v1
-  Database    $DB_URL
   Upstream    $upstream
+  Database    $DB_URL
+  Pooler      PgBouncer, transaction mode, 127.0.0.1:$POOLER_PORT: the function logs in there as
+             gateway_api (GATEWAY_DB_URL)
+  Runtime     worker processes with the edge runtime's limits (${limits:-unknown}):
+             lifecycle at http://127.0.0.1:$FN_PORT/_edge/lifecycle
 
-  First admin key (shown once):
-    psql '$DB_URL' -c "select * from gateway.create_admin_key('ops@example.com')"
+  First admin key (shown once), with 10,000 credits to try it:
+    psql '$DB_URL' -Atc "select k.api_key from gateway.create_admin_key('ops@example.com') k, gateway.add_credits(k.user_id, 10000, 'quickstart')"
 
   Logs in .local/*.log · stop: scripts/stack.sh stop · reset: scripts/stack.sh reset
 EOF
@@ -369,6 +386,7 @@ case "${1:-start}" in
   stop) cmd_stop ;;
   reset) cmd_reset ;;
   status) cmd_status ;;
+  banner) banner "${2:-}" ;;
   pgdata) echo "$PGDATA" ;;
-  *) die "usage: scripts/stack.sh [start|stop|reset|status|pgdata]" ;;
+  *) die "usage: scripts/stack.sh [start|stop|reset|status|banner|pgdata]" ;;
 esac
