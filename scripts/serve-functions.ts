@@ -96,6 +96,8 @@ const EVENTS = [
 type EventName = typeof EVENTS[number]
 const counts = Object.fromEntries(EVENTS.map((e) => [e, 0])) as Record<EventName, number>
 let requests = 0
+/** The highest resident memory any worker reached, bytes. */
+let peakRss = 0
 
 function log(msg: string, fields: Record<string, unknown> = {}, level = 'info'): void {
   const line = JSON.stringify({ ts: new Date().toISOString(), level, msg, ...fields })
@@ -289,6 +291,7 @@ class Worker {
     if (rss === null) return
     this.rss = rss
     this.peakRss = Math.max(this.peakRss, rss)
+    peakRss = Math.max(peakRss, rss)
     const limit = limits.memoryLimitMb * 1024 * 1024
     if (rss > limit) return this.kill('killed_memory')
     if (!this.#memoryWarned && rss >= limit * limits.beforeunloadMemoryPct / 100) {
@@ -517,6 +520,7 @@ function lifecycle(): Response {
     },
     requests,
     events: counts,
+    peak_worker_rss_mib: mib(peakRss),
     workers: [...workers].map((w) => w.describe()),
   })
 }
