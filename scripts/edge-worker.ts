@@ -225,7 +225,14 @@ const server = Deno.serve({
   // A request whose client (the supervisor) left is over for the lifecycle, answered or not.
   req.signal.addEventListener('abort', () => ended(r, 499, 'client_gone'), { once: true })
   try {
-    return observed(await handler(asSent(req), info), r)
+    const sent = asSent(req)
+    const res = await handler(sent, info)
+    // Answered without reading the body (a 413, a 401): the rest of the upload is read and dropped,
+    // or the supervisor's connection breaks before it reads the answer.
+    if (sent.body && !sent.bodyUsed && !sent.body.locked) {
+      sent.body.pipeTo(new WritableStream()).catch(() => {})
+    }
+    return observed(res, r)
   } catch (err) {
     ended(r, 500, 'threw')
     throw err
