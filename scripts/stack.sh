@@ -262,7 +262,9 @@ start_simulator() {
 functions_hash() {
   {
     tree_hash "$ROOT/supabase/functions" "$ROOT/scripts/serve-functions.ts" "$ROOT/scripts/edge-worker.ts" "$ROOT/scripts/stack.sh"
-    (load_function_env; env | grep -E '^(FUNCTIONS_|GATEWAY_|OPENROUTER_|STACK_UPSTREAM=)' | sort || true)
+    # (GATEWAY_URL is the test suite's, not the function's.)
+    (load_function_env; env | grep -E '^(FUNCTIONS_|GATEWAY_|OPENROUTER_|STACK_UPSTREAM=)' |
+      grep -v '^GATEWAY_URL=' | sort || true)
   } | sha1sum | cut -c1-40
 }
 
