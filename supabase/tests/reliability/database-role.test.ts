@@ -6,7 +6,7 @@
 
 import assert from 'node:assert/strict'
 import postgres from 'postgres'
-import { api, call, DB_URL, db, FUNCTION_DB_URL, newAccount, test } from '../gateway/_helpers.ts'
+import { api, call, db, DB_URL, FUNCTION_DB_URL, newAccount, test } from '../gateway/_helpers.ts'
 import { startFunctions, startOwnSimulator } from './_stack.ts'
 
 test('through the pooler, the function is gateway_api, in transaction mode', async () => {
@@ -49,8 +49,16 @@ test('as a superuser or the owner of schema gateway, the function refuses to ser
   const owner = `gateway_owner_probe_${crypto.randomUUID().slice(0, 8)}`
   await db().unsafe(`create role ${owner} login password 'probe' in role postgres`)
   const ownerUrl = Object.assign(new URL(DB_URL), { username: owner, password: 'probe' }).href
-  const superuser = await startFunctions({ upstream: sim.baseUrl, dbUrl: DB_URL, captureLogs: true })
-  const asOwner = await startFunctions({ upstream: sim.baseUrl, dbUrl: ownerUrl, captureLogs: true })
+  const superuser = await startFunctions({
+    upstream: sim.baseUrl,
+    dbUrl: DB_URL,
+    captureLogs: true,
+  })
+  const asOwner = await startFunctions({
+    upstream: sim.baseUrl,
+    dbUrl: ownerUrl,
+    captureLogs: true,
+  })
   const allowed = await startFunctions({
     upstream: sim.baseUrl,
     dbUrl: DB_URL,
@@ -59,10 +67,12 @@ test('as a superuser or the owner of schema gateway, the function refuses to ser
   })
   try {
     const a = await newAccount(1000, 'privileged')
-    for (const [fn, role, what] of [
-      [superuser, 'postgres', 'a superuser'],
-      [asOwner, owner, 'the owner of schema gateway'],
-    ] as const) {
+    for (
+      const [fn, role, what] of [
+        [superuser, 'postgres', 'a superuser'],
+        [asOwner, owner, 'the owner of schema gateway'],
+      ] as const
+    ) {
       const health = await call(fn.url, '/health')
       assert.equal(health.status, 503, health.text)
       assert.equal(health.json.status, 'refusing')
@@ -83,8 +93,11 @@ test('as a superuser or the owner of schema gateway, the function refuses to ser
       assert.equal(JSON.parse(lines[0]).level, 'error')
     }
     assert.equal(sim.chats(), 0, 'nothing went upstream')
-    assert.equal((await db()`select count(*)::int as n from gateway.holds
-      where account_id = ${a.userId}`)[0].n, 0)
+    assert.equal(
+      (await db()`select count(*)::int as n from gateway.holds
+      where account_id = ${a.userId}`)[0].n,
+      0,
+    )
 
     // The operator's explicit opt-out: served, with a warning.
     const ok = await call(allowed.url, '/user/balance', { key: a.key })
