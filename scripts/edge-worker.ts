@@ -3,8 +3,9 @@
 // to the supervisor only. What the function sees is what it sees on Supabase:
 //
 // - `EdgeRuntime.waitUntil(promise)`: the promise is counted until it settles. The supervisor is told
-//   whenever the count goes from 0 to more or back, because an idle worker (no request, no unsettled
-//   waitUntil promise) may be dropped early; plain timers (setTimeout) keep nothing alive.
+//   whenever this worker goes from idle to pending or back (requests in flight here, waitUntil
+//   promises unsettled), because an idle worker may be dropped early; plain timers (setTimeout) keep
+//   nothing alive. A request is in flight until its response body ended or was cancelled here.
 // - `beforeunload` (a CustomEvent whose `detail.reason` is `wall_clock`, `memory`, `early_drop` or
 //   `termination`, the edge runtime's WillTerminateReason names) is dispatched when the supervisor
 //   says so. On an early drop the process exits right after the listeners return: async work they
@@ -51,12 +52,23 @@ function runtimeLog(msg: string, fields: Record<string, unknown>): void {
 
 // --- waitUntil --------------------------------------------------------------------------------------
 let waiting = 0
+let wasIdle = true
+
+/** Tells the supervisor when this worker turns idle (nothing in flight, nothing waited for) or not. */
+function pending(): void {
+  const idle = inFlight.size === 0 && waiting === 0
+  if (idle === wasIdle) return
+  wasIdle = idle
+  control({ t: 'pending', requests: inFlight.size, waiting })
+}
 
 function waitUntil<T>(promise: Promise<T>): Promise<T> {
   if (!(promise instanceof Promise)) return promise
-  if (waiting++ === 0) control({ t: 'waiting', n: waiting })
+  waiting++
+  pending()
   const done = () => {
-    if (--waiting === 0) control({ t: 'waiting', n: 0 })
+    waiting--
+    pending()
   }
   promise.then(done, (err) => {
     done()
@@ -116,6 +128,7 @@ function started(): Running {
   const r: Running = { cpuUs: 0, started: performance.now(), peak: 0 }
   inFlight.add(r)
   for (const o of inFlight) o.peak = Math.max(o.peak, inFlight.size)
+  pending()
   return r
 }
 
@@ -123,6 +136,7 @@ function ended(r: Running, status: number, outcome: string): void {
   if (!inFlight.has(r)) return
   account()
   inFlight.delete(r)
+  pending()
   served++
   if (!logRequests) return
   const cpuMs = Math.round(r.cpuUs / 10) / 100

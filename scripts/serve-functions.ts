@@ -130,6 +130,8 @@ class Worker {
   client: Deno.HttpClient | undefined
   inFlight = 0
   served = 0
+  /** As the worker last told: requests in flight there, waitUntil promises unsettled. */
+  workerRequests = 0
   waiting = 0
   isolateBytes = 0
   rss = 0
@@ -180,8 +182,9 @@ class Worker {
         })
         this.state = 'serving'
         onReady()
-      } else if (m.t === 'waiting') {
-        this.waiting = m.n
+      } else if (m.t === 'pending') {
+        this.workerRequests = m.requests
+        this.waiting = m.waiting
         this.check()
       } else if (m.t === 'mem') {
         this.isolateBytes = m.isolate
@@ -258,10 +261,13 @@ class Worker {
       (limits.memoryLimitMb > 0 && this.isolateBytes >= limits.memoryLimitMb * 1024 * 1024 / 2)
   }
 
-  /** Early drop: a resource alert, no request in flight and no unsettled waitUntil promise. */
+  /**
+   * Early drop: a resource alert, no request in flight (neither on its way here nor in the worker)
+   * and no unsettled waitUntil promise.
+   */
   check(): void {
     if (this.ending !== null || (this.state !== 'serving' && this.state !== 'retired')) return
-    if (!this.#alert() || this.inFlight > 0 || this.waiting > 0) return
+    if (!this.#alert() || this.inFlight > 0 || this.workerRequests > 0 || this.waiting > 0) return
     this.ending = 'dropped_early'
     if (this.state === 'serving') this.retire('memory', false)
     event('dropped_early', this)

@@ -153,8 +153,9 @@ Deno.test({
       const events = await rt.events()
       assert.equal(events.killed_memory, 0)
 
-      // Well over the limit: killed (whether or not it answered first).
-      await rt.get('alloc?mb=400')
+      // Well over the limit, with the request still in flight (not dropped for being idle): killed.
+      const over = await rt.get('alloc?mb=400&hold=30000')
+      assert.equal(over.status, 546, 'the request is cut: WORKER_LIMIT')
       await until(rt, 'the worker over its memory limit to be killed', 'killed_memory')
       const after = await rt.get('timer?ms=1')
       assert.equal(after.status, 200, 'a new worker serves the next request')
