@@ -15,7 +15,7 @@
 import type { Caller } from './auth.ts'
 import { callerArgs } from './auth.ts'
 import { toHex } from '../_shared/keys.ts'
-import { describe, inBackground } from './background.ts'
+import { describe, inBackground, keepWorker } from './background.ts'
 import { Batcher } from './batcher.ts'
 import { config } from './config.ts'
 import { creditsFor } from './credits.ts'
@@ -127,6 +127,22 @@ const admissions = new Batcher<Admission, BeginResult>({
       ]),
 })
 
+// Holds this worker admitted and has not settled or voided yet. While any is open the worker is kept
+// alive (background.ts): the edge runtime drops an idle worker as soon as nothing is under waitUntil,
+// and a client that hangs up leaves the request's settle to work registered a moment later. Dropped
+// in between, the hold would wait for the sweeper: credits held for its timeout, then unbilled.
+const openHolds = new Set<number>()
+
+function opened(hold: Hold): Hold {
+  openHolds.add(hold.hold_id)
+  keepWorker('holds', true)
+  return hold
+}
+
+function closed(hold: Hold): void {
+  if (openHolds.delete(hold.hold_id) && openHolds.size === 0) keepWorker('holds', false)
+}
+
 /** Admits the request and holds credits for it, or throws the refusal as a 401/402/403/429. */
 export async function begin(
   who: Caller,
@@ -136,10 +152,10 @@ export async function begin(
 ): Promise<Hold> {
   const context = { who, model, maxTokens }
   const reserved = reservations.take(context, promptTokens)
-  if (reserved) return reserved
+  if (reserved) return opened(reserved)
   const r = await admissions.submit({ who, model, maxTokens, promptTokens })
   reservations.admitted(context, promptTokens, r)
-  if (r.ok) return r
+  if (r.ok) return opened(r)
   const status = REFUSAL_STATUS[r.reason] ?? 403
   const headers = rateLimitHeaders(r.limits)
   if (status === 429) {
@@ -308,7 +324,7 @@ export function settle(
         repeated: s.settled ? undefined : s.reason,
       })
       return s
-    })(),
+    })().finally(() => closed(hold)),
     'settle_request',
   )
 }
@@ -316,7 +332,8 @@ export function settle(
 /** Releases the hold without a charge (nothing reached upstream, or upstream refused it). */
 export function voidHold(hold: Hold, reason: string): Promise<unknown> {
   return inBackground(
-    withRetries('void_request', () => call('void_request', [hold.hold_id, reason])),
+    withRetries('void_request', () => call('void_request', [hold.hold_id, reason]))
+      .finally(() => closed(hold)),
     'void_request',
   )
 }
@@ -368,7 +385,7 @@ export function settleWithoutUsage(hold: Hold, lost: LostUsage): Promise<Settlem
         outcome: lost.outcome,
         latencyMs: lost.latencyMs,
       })
-    })(),
+    })().finally(() => closed(hold)),
     'settle without usage',
   )
 }

@@ -75,3 +75,45 @@ test('a worker dropped after its busy caller went quiet leaves no admission rese
     await sim.close()
   }
 })
+
+test('a client that hangs up on a retired worker is still billed: its hold keeps the worker', async () => {
+  const sim = startOwnSimulator()
+  // Retired 2 s after it starts, killed at 8 s: the stream below outlives the retirement.
+  const fn = await startFunctions({
+    upstream: sim.baseUrl,
+    env: { FUNCTIONS_WALL_CLOCK_MS: '8000', GATEWAY_LOG_REQUESTS: '0' },
+  })
+  try {
+    const a = await newAccount(10_000, 'lifecycle-abort')
+    const controller = new AbortController()
+    const res = await fetch(`${fn.url}/v1/chat/completions`, {
+      method: 'POST',
+      headers: { authorization: `Bearer ${a.key}`, 'content-type': 'application/json' },
+      body: JSON.stringify({
+        model: 'openai/gpt-4o-mini~len-400~delay-15',
+        stream: true,
+        messages: [{ role: 'user', content: 'a long answer' }],
+      }),
+      signal: controller.signal,
+    })
+    assert.equal(res.status, 200)
+    const reader = res.body!.getReader()
+    await reader.read()
+    await waitFor('the worker to be retired', async () => (await lifecycle(fn)).events.retired > 0)
+    // The client leaves; the worker has nothing else in flight.
+    controller.abort()
+    await reader.read().catch(() => {})
+    const records = await waitFor('the request to be settled', async () => {
+      const [r] = await db()`select count(*)::int as n from gateway.usage_records
+        where account_id = ${a.userId}`
+      return r.n > 0 ? r.n : undefined
+    }, 20_000)
+    assert.equal(records, 1)
+    assert.deepEqual(await openHolds(a.userId), { open: 0, held: 0 })
+    const l = await lifecycle(fn)
+    console.log(`lifecycle: hung up on a retired worker: ${JSON.stringify(l.events)}`)
+  } finally {
+    await fn.stop()
+    await sim.close()
+  }
+})
