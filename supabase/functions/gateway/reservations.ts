@@ -306,4 +306,9 @@ let unloading = false
 globalThis.addEventListener?.('beforeunload', () => {
   unloading = true
   giveBackAll('shutdown')
+  // Nothing is reserved any more (the calls giving it back and any reservation still in flight are
+  // under waitUntil themselves): the sweep has nothing to wait for.
+  clearTimeout(sweeping)
+  sweeping = undefined
+  keepWorker('reservations', false)
 })
