@@ -80,6 +80,10 @@ test('an element the database rejects fails alone: the rest of its batch is admi
   // (reservations.ts), which are not what this test is about.
   Deno.env.set('GATEWAY_RESERVE_ADMISSIONS', '0')
   const { begin, voidHold } = await import('../../functions/gateway/metering.ts')
+  // Read once at import (config.ts). Not left set: the functions servers later tests of this
+  // process start inherit its environment.
+  Deno.env.delete('GATEWAY_RESERVE_ADMISSIONS')
+  Deno.env.delete('GATEWAY_DB_URL')
   const { hashKey } = await import('../../functions/_shared/keys.ts')
   const a = await newAccount(100_000, 'beginbatch')
   const who = { keyHash: hashKey(a.key), ip: '127.0.0.1', referrer: null }

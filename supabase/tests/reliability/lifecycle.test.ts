@@ -35,6 +35,8 @@ test('a worker dropped after its busy caller went quiet leaves no admission rese
     upstream: sim.baseUrl,
     env: {
       FUNCTIONS_WALL_CLOCK_MS: '6000',
+      GATEWAY_RESERVE_ADMISSIONS: '32',
+      GATEWAY_RESERVE_AFTER: '8',
       GATEWAY_RESERVE_MS: '5000',
       GATEWAY_LOG_REQUESTS: '0',
     },
@@ -56,6 +58,7 @@ test('a worker dropped after its busy caller went quiet leaves no admission rese
     }
     assert.equal(statuses.trim(), Array(16).fill(200).join(' '))
     const reserved = await openHolds(a.userId)
+    assert.ok(reserved.open > 1, 'the burst reserved admissions ahead (else this proves nothing)')
     // The worker goes away: retired at 3 s, then dropped once nothing keeps it.
     const gone = await waitFor('the first worker to be dropped or killed', async () => {
       const l = await lifecycle(fn)
