@@ -69,6 +69,15 @@ export function sql(): postgres.Sql {
       connect_timeout: 5,
       // No array types are used, so skip the type-catalogue query every new connection would run.
       fetch_types: false,
+      // Reconnect within a second, always. postgres.js's default backoff grows with every failed
+      // attempt of the whole pool, up to 20 s: behind a pooler, which keeps refusing logins for a
+      // moment after Postgres restarts, a pool reached 7 s and the requests and settles queued on
+      // it waited that long (pg-restart test).
+      backoff: (retries: number) => Math.min(0.05 * 2 ** retries, 1),
+      // One query at a time per connection. PgBouncer loses the answers to queries pipelined
+      // behind one that fails (pgbouncer/pgbouncer#759): after a Postgres restart such calls never
+      // returned, and the settles queued behind them waited for the hold sweeper (pg-restart).
+      max_pipeline: 1,
       onnotice: () => {},
       connection: { application_name: 'gateway-function' },
     })
