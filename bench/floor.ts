@@ -144,7 +144,6 @@ async function main(seconds: number): Promise<void> {
     await startFunctions({
       port: fnPort,
       upstream: `${sim}/api/v1`,
-      dbUrl: DB_URL,
       log: `${tmp}/functions-${targets.length}.log`,
       env: reserve ? { GATEWAY_RESERVE_ADMISSIONS: reserve } : {},
     })

@@ -144,7 +144,6 @@ try {
     procs.functions = await startFunctions({
       port: FUNCTIONS_PORT,
       upstream: `${SIM}/api/v1`,
-      dbUrl: DB_URL,
       log: `${tmp}/functions.log`,
       denoArgs: opts.profile ? ['--cpu-prof', `--cpu-prof-dir=${tmp}/profile`] : [],
     })

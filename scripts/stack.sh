@@ -2,11 +2,15 @@
 # The local stack: what `supabase start` gives, built from real parts for machines without Docker.
 #
 #   scripts/stack.sh start    install what is missing, start Postgres (54322), apply migrations with
-#                             the Supabase CLI, start the OpenRouter simulator when no real key is
-#                             set, and serve supabase/functions/* at :54321/functions/v1/<name>/…
-#   scripts/stack.sh stop     stop the functions, the simulator and Postgres
+#                             the Supabase CLI, start PgBouncer (54329, transaction mode, the pooler
+#                             port of `supabase start`), start the OpenRouter simulator when no real
+#                             key is set, and serve supabase/functions/* at :54321/functions/v1/<name>/…
+#                             with the edge runtime's worker lifecycle (scripts/serve-functions.ts;
+#                             its limits come from FUNCTIONS_* variables, hosted defaults otherwise)
+#   scripts/stack.sh stop     stop the functions, the simulator, PgBouncer and Postgres
 #   scripts/stack.sh reset    drop the database cluster, recreate it, re-apply migrations and seed
 #   scripts/stack.sh status   what runs, and where
+#   scripts/stack.sh banner   where everything is, and where the running gateway points upstream
 #   scripts/stack.sh pgdata   the cluster's data directory (for tests that restart Postgres)
 #
 # Every step is idempotent: a second `start` only restarts the functions if their code changed.
@@ -18,9 +22,14 @@ PGBIN=/usr/lib/postgresql/15/bin
 PGPORT=54322
 FN_PORT=54321
 SIM_PORT=54340
+POOLER_PORT=54329
 DB_URL="postgresql://postgres:postgres@127.0.0.1:$PGPORT/postgres"
+# The function's own LOGIN role through the pooler. The password is local-only, like postgres' own
+# above: on hosted Supabase the operator sets one (README, "Deploying to hosted Supabase").
+GATEWAY_API_PASSWORD=gateway-api-local
+FUNCTION_DB_URL="postgresql://gateway_api:$GATEWAY_API_PASSWORD@127.0.0.1:$POOLER_PORT/postgres"
 APT_PACKAGES=(postgresql-15 postgresql-contrib postgresql-15-cron postgresql-15-pgtap
-  postgresql-15-plpgsql-check libtap-parser-sourcehandler-pgtap-perl)
+  postgresql-15-plpgsql-check libtap-parser-sourcehandler-pgtap-perl pgbouncer)
 
 log() { printf '\033[2m[stack]\033[0m %s\n' "$*" >&2; }
 die() { printf '[stack] error: %s\n' "$*" >&2; exit 1; }
@@ -120,6 +129,83 @@ apply_migrations() {
   want=$(find "$ROOT/supabase/migrations" -name '*.sql' | wc -l)
   have=$(psql_local -Atc "select count(*) from supabase_migrations.schema_migrations" 2>/dev/null || echo 0)
   [ "$have" -ge "$want" ] || die "only $have of $want migrations are applied (see the output above)"
+  # The function's role logs in through the pooler with the local password.
+  psql_local -c "alter role gateway_api with login password '$GATEWAY_API_PASSWORD'" >/dev/null
+}
+
+# PgBouncer in transaction mode in front of Postgres, as Supavisor (port 6543) is on hosted Supabase:
+# a server connection per transaction, no startup `options` forwarded, no named prepared statements
+# kept (1.18 does not track them; the function sends none). It runs as postgres, next to the cluster.
+pooler_dir() {
+  if [ "$PGDATA" = "$LOCAL/pg" ]; then echo "$LOCAL/pgbouncer"; else echo "$PGDATA-pgbouncer"; fi
+}
+
+pooler_running() {
+  local dir
+  dir=$(pooler_dir)
+  [ -f "$dir/pgbouncer.pid" ] && kill -0 "$(cat "$dir/pgbouncer.pid")" 2>/dev/null
+}
+
+start_pooler() {
+  local dir conf
+  dir=$(pooler_dir)
+  mkdir -p "$dir" && chown postgres "$dir" && chmod 700 "$dir"
+  # Plain passwords, local only: PgBouncer answers SCRAM with them and logs in to Postgres alike.
+  printf '"gateway_api" "%s"\n"postgres" "postgres"\n' "$GATEWAY_API_PASSWORD" >"$dir/userlist.txt"
+  chown postgres "$dir/userlist.txt" && chmod 600 "$dir/userlist.txt"
+  conf=$(cat <<EOF
+; Written by scripts/stack.sh at every start: edit it there.
+[databases]
+postgres = host=127.0.0.1 port=$PGPORT dbname=postgres
+; Any other database of the cluster (benchmarks run in their own), under its own name.
+* = host=127.0.0.1 port=$PGPORT
+
+[pgbouncer]
+listen_addr = 127.0.0.1
+listen_port = $POOLER_PORT
+; TCP only: a socket file in /tmp would be shared by every stack on this machine.
+unix_socket_dir =
+auth_type = scram-sha-256
+auth_file = $dir/userlist.txt
+pool_mode = transaction
+max_client_conn = 2000
+default_pool_size = 40
+; Reconnect at once after Postgres restarts (the default waits 15 s), and fail a query that cannot
+; get a server connection instead of queueing it for two minutes.
+server_login_retry = 1
+server_connect_timeout = 5
+query_wait_timeout = 30
+ignore_startup_parameters = extra_float_digits
+admin_users = postgres
+stats_users = postgres
+logfile = $dir/pgbouncer.log
+pidfile = $dir/pgbouncer.pid
+log_connections = 0
+log_disconnections = 0
+EOF
+)
+  if pooler_running && [ "$(cat "$dir/pgbouncer.ini" 2>/dev/null)" = "$conf" ]; then return; fi
+  if pooler_running; then
+    kill -TERM "$(cat "$dir/pgbouncer.pid")" 2>/dev/null || true
+    for _ in $(seq 1 50); do pooler_running || break; sleep 0.1; done
+  fi
+  echo "$conf" >"$dir/pgbouncer.ini" && chown postgres "$dir/pgbouncer.ini"
+  log "starting PgBouncer (transaction mode) on 127.0.0.1:$POOLER_PORT"
+  as_postgres /usr/sbin/pgbouncer -d -q "$dir/pgbouncer.ini" ||
+    { tail -20 "$dir/pgbouncer.log" >&2; die "PgBouncer did not start"; }
+  for _ in $(seq 1 50); do
+    psql "$FUNCTION_DB_URL" -qAtXc 'select 1' >/dev/null 2>&1 && return
+    sleep 0.1
+  done
+  tail -20 "$dir/pgbouncer.log" >&2
+  die "PgBouncer does not let gateway_api in"
+}
+
+stop_pooler() {
+  pooler_running || return 0
+  log "stopping PgBouncer"
+  kill -TERM "$(cat "$(pooler_dir)/pgbouncer.pid")" 2>/dev/null || true
+  for _ in $(seq 1 50); do pooler_running || break; sleep 0.1; done
 }
 
 # Reads supabase/functions/.env (KEY=VALUE lines) into the environment the functions get.
@@ -171,8 +257,15 @@ start_simulator() {
     { cat "$LOCAL/sim.log" >&2; die "the simulator did not start"; }
 }
 
+# The code, and the environment the function and the stand-in read (a changed limit or upstream
+# restarts them).
 functions_hash() {
-  tree_hash "$ROOT/supabase/functions" "$ROOT/scripts/serve-functions.ts" "$ROOT/scripts/stack.sh"
+  {
+    tree_hash "$ROOT/supabase/functions" "$ROOT/scripts/serve-functions.ts" "$ROOT/scripts/edge-worker.ts" "$ROOT/scripts/stack.sh"
+    # (GATEWAY_URL is the test suite's, not the function's.)
+    (load_function_env; env | grep -E '^(FUNCTIONS_|GATEWAY_|OPENROUTER_|STACK_UPSTREAM=)' |
+      grep -v '^GATEWAY_URL=' | sort || true)
+  } | sha1sum | cut -c1-40
 }
 
 start_functions() {
@@ -186,14 +279,20 @@ start_functions() {
   log "serving supabase/functions on http://127.0.0.1:$FN_PORT/functions/v1/"
   (
     load_function_env
+    # As on hosted: SUPABASE_DB_URL is the direct connection as postgres; the function uses
+    # GATEWAY_DB_URL, the pooler as its own role (it refuses to serve as postgres).
     export SUPABASE_URL="http://127.0.0.1:$FN_PORT" SUPABASE_DB_URL="$DB_URL"
+    export GATEWAY_DB_URL="${GATEWAY_DB_URL:-$FUNCTION_DB_URL}"
     export FUNCTIONS_PORT=$FN_PORT
+    if [ "${STACK_UPSTREAM:-}" = simulator ]; then
+      export OPENROUTER_BASE_URL="http://127.0.0.1:$SIM_PORT/api/v1"
+    fi
     if [ "$simulated" = 1 ]; then
       export OPENROUTER_BASE_URL="${OPENROUTER_BASE_URL:-http://127.0.0.1:$SIM_PORT/api/v1}"
       export OPENROUTER_API_KEY=simulated-upstream-key GATEWAY_UPSTREAM_SIMULATED=1
     fi
     cd "$ROOT"
-    nohup "$ROOT/node_modules/.bin/deno" run --allow-net --allow-env --allow-read --unstable-no-legacy-abort \
+    nohup "$ROOT/node_modules/.bin/deno" run -A --unstable-no-legacy-abort \
       scripts/serve-functions.ts >"$LOCAL/functions.log" 2>&1 &
     echo $! >"$LOCAL/functions.pid"
   )
@@ -208,24 +307,40 @@ upstream_is_simulated() {
   (load_function_env; [ -z "${OPENROUTER_API_KEY:-}" ])
 }
 
+# Where the running gateway points, as it says itself (/health): what it was started with, not what
+# this shell's environment says now. $1: another functions server (http://host:port), for tests.
 banner() {
-  local upstream
-  if upstream_is_simulated; then
-    upstream="SIMULATED — no OPENROUTER_API_KEY is set, so completions come from the local OpenRouter
-             simulator at http://127.0.0.1:$SIM_PORT/api/v1 (tools/openrouter-sim). Put a real key in
-             supabase/functions/.env to talk to https://openrouter.ai/api/v1."
+  local fn=${1:-http://127.0.0.1:$FN_PORT} health base simulated upstream limits
+  health=$(curl -fsS "$fn/functions/v1/gateway/health" 2>/dev/null || true)
+  base=$(sed -nE 's/.*"base_url":"([^"]*)".*/\1/p' <<<"$health")
+  simulated=$(sed -nE 's/.*"simulated":(true|false).*/\1/p' <<<"$health")
+  if [ -z "$base" ]; then
+    upstream="unknown: the gateway did not answer /health (see .local/functions.log)"
+  elif [ "$simulated" = true ] && [ "$base" = "http://127.0.0.1:$SIM_PORT/api/v1" ]; then
+    upstream="SIMULATED — $base, the local OpenRouter simulator (tools/openrouter-sim):
+             no OPENROUTER_API_KEY is set. Put a real key in supabase/functions/.env to talk to
+             https://openrouter.ai/api/v1."
+  elif [ "$simulated" = true ]; then
+    upstream="$base (OPENROUTER_BASE_URL), with no OPENROUTER_API_KEY: a placeholder key is sent,
+             so only a simulator there will answer."
   else
-    upstream="REAL — ${OPENROUTER_BASE_URL:-https://openrouter.ai/api/v1} with your OPENROUTER_API_KEY"
+    upstream="REAL — $base with your OPENROUTER_API_KEY"
   fi
+  limits=$(curl -fsS "$fn/_edge/lifecycle" 2>/dev/null |
+    sed -nE 's/.*"wall_clock_ms":([0-9]+).*"memory_limit_mb":([0-9]+).*/wall clock \1 ms, memory \2 MB/p')
   cat <<EOF
 
   Gateway     http://127.0.0.1:$FN_PORT/functions/v1/gateway/   (docs: …/gateway/docs)
   OpenAI SDK  baseURL http://127.0.0.1:$FN_PORT/functions/v1/gateway/v1
-  Database    $DB_URL
   Upstream    $upstream
+  Database    $DB_URL
+  Pooler      PgBouncer, transaction mode, 127.0.0.1:$POOLER_PORT: the function logs in there as
+             gateway_api (GATEWAY_DB_URL)
+  Runtime     worker processes with the edge runtime's limits (${limits:-unknown}):
+             lifecycle at http://127.0.0.1:$FN_PORT/_edge/lifecycle
 
-  First admin key (shown once):
-    psql '$DB_URL' -c "select * from gateway.create_admin_key('ops@example.com')"
+  First admin key (shown once), with 10,000 credits to try it:
+    psql '$DB_URL' -Atc "select k.api_key from gateway.create_admin_key('ops@example.com') k, gateway.add_credits(k.user_id, 10000, 'quickstart')"
 
   Logs in .local/*.log · stop: scripts/stack.sh stop · reset: scripts/stack.sh reset
 EOF
@@ -238,6 +353,7 @@ cmd_start() {
   write_pg_settings
   start_postgres
   apply_migrations
+  start_pooler
   if upstream_is_simulated; then start_simulator; fi
   start_functions
   banner
@@ -246,6 +362,7 @@ cmd_start() {
 cmd_stop() {
   stop_pidfile "$LOCAL/functions.pid"
   stop_pidfile "$LOCAL/sim.pid"
+  stop_pooler
   if pg_running; then
     log "stopping Postgres"
     as_postgres "$PGBIN/pg_ctl" -D "$PGDATA" -m fast -w stop >/dev/null
@@ -261,6 +378,7 @@ cmd_reset() {
 
 cmd_status() {
   pg_running && echo "postgres   running  $DB_URL" || echo "postgres   stopped"
+  pooler_running && echo "pgbouncer  running  127.0.0.1:$POOLER_PORT (transaction mode)" || echo "pgbouncer  stopped"
   pid_alive "$LOCAL/sim.pid" && echo "simulator  running  http://127.0.0.1:$SIM_PORT/api/v1" || echo "simulator  stopped"
   pid_alive "$LOCAL/functions.pid" && echo "functions  running  http://127.0.0.1:$FN_PORT/functions/v1/" || echo "functions  stopped"
 }
@@ -270,6 +388,7 @@ case "${1:-start}" in
   stop) cmd_stop ;;
   reset) cmd_reset ;;
   status) cmd_status ;;
+  banner) banner "${2:-}" ;;
   pgdata) echo "$PGDATA" ;;
-  *) die "usage: scripts/stack.sh [start|stop|reset|status|pgdata]" ;;
+  *) die "usage: scripts/stack.sh [start|stop|reset|status|banner|pgdata]" ;;
 esac

@@ -20,6 +20,10 @@
 # machines (Deno's JUnit XML, pg_prove's TAP; scripts/results.ts), each other check counts as one.
 # Every step runs even if an earlier one failed; the last line is "N passed, N failed", and the
 # exit code is non-zero on any failure.
+#
+# The stack runs as on hosted Supabase (scripts/serve-functions.ts: worker processes, PgBouncer in
+# transaction mode) but with a short wall clock, so that workers are retired, dropped early and
+# killed many times in a run; the lifecycle events it counted are printed before the summary.
 set -uo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -28,6 +32,12 @@ export DB_URL="postgresql://postgres:postgres@127.0.0.1:54322/postgres"
 export GATEWAY_URL="http://127.0.0.1:54321/functions/v1/gateway"
 export SIM_URL="http://127.0.0.1:54340"
 export PGPASSWORD=postgres
+export FUNCTION_DB_URL="postgresql://gateway_api:gateway-api-local@127.0.0.1:54329/postgres"
+# The edge runtime's limits for the suite (README, "The edge runtime's rules, locally"): a worker is
+# retired after 10 s and killed at 20 s. Exported, so that a test running `stack.sh start` (the
+# README's quickstart) finds the stack as it is. Tests assert exact charges against the simulator.
+export FUNCTIONS_WALL_CLOCK_MS=${FUNCTIONS_WALL_CLOCK_MS:-20000}
+export STACK_UPSTREAM=simulator
 DENO="$ROOT/node_modules/.bin/deno"
 ALL=(unit pgtap http reliability logs lint fmt check db-lint advisors drift)
 
@@ -83,7 +93,7 @@ if ((needs_stack)); then
       echo "[test] could not install chromium; the docs rendering test will fail" >&2
   fi
   # Tests assert exact charges against the simulator, never against a real upstream.
-  if ! STACK_UPSTREAM=simulator bash scripts/stack.sh start >/dev/null; then
+  if ! bash scripts/stack.sh start >/dev/null; then
     echo "the local stack did not start"
     echo "$passed passed, $((failed + 1)) failed"
     exit 1
@@ -122,6 +132,21 @@ wants db-lint && check "supabase db lint" npx --no-install supabase db lint --db
 wants advisors && check "supabase db advisors" npx --no-install supabase db advisors \
   --db-url "$DB_URL" --fail-on warn
 wants drift && check "drift check: supabase/schemas = supabase/migrations" bash scripts/drift-check.sh
+
+if ((needs_stack)); then
+section "edge runtime lifecycle (the stack's functions, wall clock ${FUNCTIONS_WALL_CLOCK_MS} ms)"
+# The stand-in's own counts; tests that start their own functions server log theirs themselves.
+curl -fsS http://127.0.0.1:54321/_edge/lifecycle 2>/dev/null | "$DENO" eval '
+  const l = JSON.parse(await new Response(Deno.stdin.readable).text())
+  const e = l.events
+  console.log(`${l.requests} requests; workers: ${e.started} started, ${e.retired} retired, ` +
+    `${e.dropped_early} dropped early, ${e.killed_wall_clock} killed at the wall clock, ` +
+    `${e.killed_memory} killed for memory, ${e.crashed} crashed; beforeunload: ` +
+    `${e.beforeunload_wall_clock} wall clock, ${e.beforeunload_memory} memory; ` +
+    `${e.streams_cut} streams cut; ${e.responses_504} responses 504`)
+  console.log(`peak RSS of a worker: ${l.peak_worker_rss_mib} MiB; workers now: ${l.workers.length}`)
+' || echo "(the functions server did not answer /_edge/lifecycle)"
+fi
 
 section "summary"
 for f in "${failures[@]}"; do echo "FAILED: $f"; done

@@ -14,17 +14,21 @@ revoke all on schema gateway from anon, authenticated;
 alter default privileges in schema gateway revoke all on tables from public;
 alter default privileges in schema gateway revoke all on sequences from public;
 
--- The edge function's role (`options=-c role=gateway_api`): executes the API functions, owns and
--- reads nothing; NOLOGIN, reached through a member login role. Roles are per cluster: the guard.
+-- The edge function's role: executes the API functions, owns and reads nothing. It logs in (through
+-- the transaction pooler, which forwards no `-c role=…`: least privilege must not depend on it); no
+-- password here, the operator sets one (README, "Deploying to hosted Supabase"). Roles are per
+-- cluster: the guard, and LOGIN made sure of on a cluster whose role predates it.
 do $$
 begin
   if not exists (select from pg_roles where rolname = 'gateway_api') then
-    create role gateway_api nologin noinherit;
+    create role gateway_api login noinherit;
   end if;
 end
 $$;
+alter role gateway_api login;
 comment on role gateway_api is
-  'Edge function role: may execute the gateway API functions, nothing else.';
+  'Edge function role (LOGIN through the transaction pooler, password set by the operator): may '
+  'execute the gateway API functions, nothing else.';
 grant gateway_api to postgres;
 grant usage on schema gateway to gateway_api;
 grant usage on schema gateway to service_role;

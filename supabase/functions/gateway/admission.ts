@@ -8,6 +8,7 @@ import { Batcher } from './batcher.ts'
 import { call } from './db.ts'
 import type { BeginResult, Hold } from './hold.ts'
 import { type Caller, callerArgs } from './identity.ts'
+import { opened } from './open-holds.ts'
 import { refusalError } from './refusals.ts'
 import * as reservations from './reservations.ts'
 
@@ -24,6 +25,7 @@ interface Admission {
 // for it; measured against one, three and four (docs/PERFORMANCE.md). At most 64 per call: every
 // account a batch admits stays locked until it commits.
 const admissions = new Batcher<Admission, BeginResult>({
+  name: 'admissions',
   maxCalls: 2,
   maxBatch: 64,
   call: (batch) =>
@@ -55,9 +57,9 @@ export async function begin(
 ): Promise<Hold> {
   const context = { who, model, maxTokens }
   const reserved = reservations.take(context, promptTokens)
-  if (reserved) return reserved
+  if (reserved) return opened(reserved)
   const r = await admissions.submit({ who, model, maxTokens, promptTokens })
   reservations.admitted(context, promptTokens, r)
-  if (r.ok) return r
+  if (r.ok) return opened(r)
   throw refusalError(r)
 }

@@ -8,6 +8,7 @@ import type { MiddlewareHandler } from 'hono'
 import { describe } from './background.ts'
 import { bodyGuard, type BodyLimits } from './body-guard.ts'
 import { config } from './config.ts'
+import { checkRole, databaseRole, refusal } from './db.ts'
 import { docsRoutes } from './docs.ts'
 import { ApiError, errorResponse } from './errors.ts'
 import { log, type LogFields } from './log.ts'
@@ -92,6 +93,26 @@ const apiBodies: BodyLimits = { ...completionBodies, maxBytes: config.maxApiBody
 const bodyLimits = (path: string) =>
   path === COMPLETIONS || path === `${COMPLETIONS}/` ? completionBodies : apiBodies
 
+/**
+ * 503 on every route while the function reaches Postgres as a superuser or the owner of schema
+ * gateway (db.ts, checkRole): least privilege would be lost without an error. /health says why.
+ */
+const roleGate: MiddlewareHandler<AppEnv> = async (c, next) => {
+  const r = databaseRole() ?? await checkRole()
+  const why = r && refusal(r)
+  if (!why) return next()
+  if (c.req.path === `${BASE_PATH}/health`) {
+    return json({
+      status: 'refusing',
+      timestamp: new Date().toISOString(),
+      database: 'ok',
+      database_role: r.role,
+      reason: why,
+    }, 503)
+  }
+  throw new ApiError(503, why, { code: 'privileged_database_role' })
+}
+
 function onError(err: Error): Response {
   if (err instanceof ApiError) return err.getResponse()
   if (err instanceof HTTPException) {
@@ -137,6 +158,7 @@ export function buildApp() {
   const app = router({ strict: false }).basePath(BASE_PATH)
 
   app.use('*', requestLog, browserCors, bodyGuard(bodyLimits))
+  app.use('*', roleGate)
 
   app.route('/', publicRoutes)
   app.route('/', registerRoutes)

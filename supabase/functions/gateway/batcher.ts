@@ -8,6 +8,7 @@
 // aborts all of it: the elements are then sent one by one, so that only that one fails. An
 // unreachable database (a 503) fails the whole batch at once instead: one by one would fail alike.
 
+import { keepWorker } from './background.ts'
 import { ApiError } from './errors.ts'
 
 interface Queued<T, R> {
@@ -28,12 +29,14 @@ export interface BatcherOptions<T, R> {
    * waits for (settles): at low concurrency it turns one call per item into one per few.
    */
   lingerMs?: number
+  /** Names this batcher to background.ts, which keeps the worker alive while it holds items. */
+  name: string
 }
 
 export class Batcher<T, R> {
   #queue: Queued<T, R>[] = []
   #calls = 0
-  #lingering = false
+  #lingering: ReturnType<typeof setTimeout> | undefined
 
   constructor(private readonly opts: BatcherOptions<T, R>) {}
 
@@ -42,19 +45,29 @@ export class Batcher<T, R> {
     return new Promise<R>((resolve, reject) => {
       this.#queue.push({ item, resolve, reject })
       this.#flush(urgent)
+      this.#keep()
     })
+  }
+
+  /** Sends what is queued now, lingering no more (the worker is about to go). */
+  flushNow(): void {
+    clearTimeout(this.#lingering)
+    this.#lingering = undefined
+    this.#sendQueued()
+  }
+
+  /** Queued, lingering or in flight: a timer alone would not keep the worker alive for it. */
+  #keep(): void {
+    keepWorker(this.opts.name, this.#queue.length > 0 || this.#calls > 0)
   }
 
   #flush(urgent: boolean): void {
     const linger = this.opts.lingerMs ?? 0
     if (!urgent && linger > 0 && this.#calls === 0 && this.#queue.length < this.opts.maxBatch) {
-      if (!this.#lingering) {
-        this.#lingering = true
-        setTimeout(() => {
-          this.#lingering = false
-          this.#sendQueued()
-        }, linger)
-      }
+      this.#lingering ??= setTimeout(() => {
+        this.#lingering = undefined
+        this.#sendQueued()
+      }, linger)
       return
     }
     this.#sendQueued()
@@ -67,6 +80,7 @@ export class Batcher<T, R> {
         this.#calls--
         // What queued meanwhile has waited long enough: no lingering for it.
         this.#sendQueued()
+        this.#keep()
       })
     }
   }

@@ -20,16 +20,21 @@ function boolEnv(name: string, fallback: boolean): boolean {
   return raw === undefined ? fallback : /^(1|true|yes|on)$/i.test(raw)
 }
 
-const dbUrl = env('SUPABASE_DB_URL') ?? ''
-
 export const config = {
-  /** Postgres, as the Supabase runtime hands it to every function. */
-  dbUrl,
   /**
-   * Named prepared statements save a parse per call, but a transaction-mode pooler (Supavisor on
-   * port 6543) cannot keep them; such URLs turn them off unless GATEWAY_DB_PREPARE says otherwise.
+   * Postgres: GATEWAY_DB_URL, the transaction pooler as the function's own LOGIN role (gateway_api;
+   * on hosted Supabase `gateway_api.<project-ref>` on port 6543). Else SUPABASE_DB_URL, the direct
+   * connection as postgres that the runtime hands every function: the function then refuses to
+   * serve (db.ts, checkRole) unless GATEWAY_ALLOW_PRIVILEGED_ROLE=1.
    */
-  dbPrepare: boolEnv('GATEWAY_DB_PREPARE', !/:6543\//.test(dbUrl)),
+  dbUrl: env('GATEWAY_DB_URL') ?? env('SUPABASE_DB_URL') ?? '',
+  /**
+   * Named prepared statements save a parse per call, but a transaction pooler (Supavisor,
+   * PgBouncer) cannot keep them: off unless GATEWAY_DB_PREPARE=1 (a direct or session connection).
+   */
+  dbPrepare: boolEnv('GATEWAY_DB_PREPARE', false),
+  /** Serve even as a superuser or the owner of schema gateway (least privilege given up). */
+  allowPrivilegedRole: boolEnv('GATEWAY_ALLOW_PRIVILEGED_ROLE', false),
   dbPoolMax: intEnv('GATEWAY_DB_POOL_MAX', 4),
   /** Public URL of the project, used for the OpenAPI `servers` entry. */
   supabaseUrl: env('SUPABASE_URL'),

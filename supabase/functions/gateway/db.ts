@@ -1,7 +1,9 @@
 // The one Postgres pool of this isolate, and the only way the function talks to the database: one
-// call of one `gateway.*` SQL function per request (docs/SQL-API.md). Every connection assumes the
-// `gateway_api` role at startup (`options=-c role=gateway_api`), so a query can do exactly what that
-// role may: execute the API functions, touch no table.
+// call of one `gateway.*` SQL function per request (docs/SQL-API.md). The function logs in as
+// `gateway_api` (config.ts, GATEWAY_DB_URL), so a query can do exactly what that role may: execute
+// the API functions, touch no table. A startup option (`-c role=…`) would not do: transaction
+// poolers drop it silently. So the role is checked instead (checkRole): as a superuser or the owner
+// of schema gateway the function refuses to serve.
 //
 // Functions return jsonb shaped as the HTTP body; routes that only pass it on ask for `::text`, so
 // the body goes from the wire to the client without a JSON parse and re-serialisation.
@@ -9,6 +11,7 @@
 import postgres from 'postgres'
 import { config } from './config.ts'
 import { ApiError, fromDbError } from './errors.ts'
+import { log } from './log.ts'
 
 /**
  * What the gateway must know of an SQL function it calls. `changesAdmission`: a successful call
@@ -87,8 +90,18 @@ export function sql(): postgres.Sql {
       connect_timeout: 5,
       // No array types are used, so skip the type-catalogue query every new connection would run.
       fetch_types: false,
+      // Reconnect within a second, always. postgres.js's default backoff grows with every failed
+      // attempt of the whole pool, up to 20 s: behind a pooler, which keeps refusing logins for a
+      // moment after Postgres restarts, a pool reached 7 s and the requests and settles queued on
+      // it waited that long (pg-restart test).
+      backoff: (retries: number) => Math.min(0.05 * 2 ** retries, 1),
+      // One query at a time per connection. PgBouncer loses the answers to queries pipelined
+      // behind one that fails (pgbouncer/pgbouncer#759): after a Postgres restart such calls never
+      // returned, and the settles queued behind them waited for the hold sweeper (pg-restart).
+      // (An option of postgres.js 3.4 that its types omit.)
+      ...({ max_pipeline: 1 } as object),
       onnotice: () => {},
-      connection: { application_name: 'gateway-function', options: '-c role=gateway_api' },
+      connection: { application_name: 'gateway-function' },
     })
   }
   return pool
@@ -165,4 +178,65 @@ export async function queryRow<T>(text: string, args: SqlArg[] = []): Promise<T>
   } catch (err) {
     throw fromDbError(err)
   }
+}
+
+/** Who the function is in Postgres, and whether that gives it more than the API functions. */
+export interface DatabaseRole {
+  role: string
+  superuser: boolean
+  /** The owner of schema gateway, or a member of its owner: every table is its own. */
+  owner: boolean
+}
+
+let role: DatabaseRole | undefined
+let checking: Promise<DatabaseRole | undefined> | undefined
+let lastCheck = -Infinity
+
+/** The role as last checked; undefined until the database has answered once. */
+export function databaseRole(): DatabaseRole | undefined {
+  return role
+}
+
+/** Why the function must not serve as `r`, or null when it may (or the operator allowed it). */
+export function refusal(r: DatabaseRole): string | null {
+  if ((!r.superuser && !r.owner) || config.allowPrivilegedRole) return null
+  return `The gateway refuses to serve: it reaches Postgres as "${r.role}", ` +
+    `${r.superuser ? 'a superuser' : 'the owner of schema gateway'}. Set GATEWAY_DB_URL to the ` +
+    'transaction pooler as gateway_api (README, "Deploying to hosted Supabase"), or ' +
+    'GATEWAY_ALLOW_PRIVILEGED_ROLE=1 to serve anyway'
+}
+
+/**
+ * Asks Postgres who the function is (once; retried at most once a second while it cannot answer,
+ * meanwhile undefined: a request then meets the database's own error). Logs the verdict once.
+ */
+export function checkRole(): Promise<DatabaseRole | undefined> {
+  if (role) return Promise.resolve(role)
+  if (checking) return checking
+  if (performance.now() - lastCheck < 1_000) return Promise.resolve(undefined)
+  lastCheck = performance.now()
+  checking = (async () => {
+    try {
+      const [r] = await sql().unsafe(
+        `select current_user::text as role, r.rolsuper as superuser,
+                coalesce(pg_has_role(current_user, n.nspowner, 'member'), false) as owner
+           from pg_roles r left join pg_namespace n on n.nspname = 'gateway'
+          where r.rolname = current_user`,
+      )
+      role = { role: r.role, superuser: r.superuser, owner: r.owner }
+      const why = refusal(role)
+      if (why) log('error', why, { database_role: role.role })
+      else if (role.superuser || role.owner) {
+        log('warn', 'serving as a privileged database role (GATEWAY_ALLOW_PRIVILEGED_ROLE)', {
+          database_role: role.role,
+        })
+      }
+      return role
+    } catch {
+      return undefined
+    } finally {
+      checking = undefined
+    }
+  })()
+  return checking
 }

@@ -5,6 +5,7 @@
 import { inBackground } from './background.ts'
 import { config } from './config.ts'
 import type { Hold, Outcome } from './hold.ts'
+import { closed } from './open-holds.ts'
 import { settle, type Settlement } from './settlement.ts'
 import { generationStats } from './upstream.ts'
 
@@ -55,7 +56,7 @@ export function settleWithoutUsage(hold: Hold, lost: LostUsage): Promise<Settlem
         outcome: lost.outcome,
         latencyMs: lost.latencyMs,
       })
-    })(),
+    })().finally(() => closed(hold)),
     'settle without usage',
   )
 }

@@ -19,7 +19,7 @@
 // Money is exact as before: each request is settled or voided against its own hold.
 
 import { toHex } from '../_shared/keys.ts'
-import { describe, inBackground } from './background.ts'
+import { describe, inBackground, keepWorker } from './background.ts'
 import { config } from './config.ts'
 import { call, onAdmissionChange } from './db.ts'
 import type { BeginResult, Hold } from './hold.ts'
@@ -199,7 +199,8 @@ function reserve(c: Context, pool: Pool, last: Hold, promptTokens: number): void
   const now = Date.now()
   const count = size(pool)
   if (
-    pool.reserving || reservingCalls >= MAX_RESERVING || !isBusy(pool) || now < pool.coolUntil ||
+    unloading || pool.reserving || reservingCalls >= MAX_RESERVING || !isBusy(pool) ||
+    now < pool.coolUntil ||
     !roomFor(last, promptTokens, count)
   ) return
   pool.reserving = true
@@ -243,11 +244,14 @@ function reserve(c: Context, pool: Pool, last: Hold, promptTokens: number): void
 
 // One sweep for all pools, a few times per lifetime while anything is reserved: what expired in any
 // pool goes back in one call (at concurrency 1 over many keys, a timer per pool made a call each).
+// While it is armed something is reserved, and the worker is kept alive (a timer would not keep it:
+// dropped, its reservations would stay held and counted until the hold sweeper).
 let sweeping: ReturnType<typeof setTimeout> | undefined
 
 function arm(): void {
   if (sweeping !== undefined) return
   sweeping = setTimeout(sweep, Math.max(20, Math.round(config.reserveMs / 5)))
+  keepWorker('reservations', true)
 }
 
 function sweep(): void {
@@ -265,6 +269,7 @@ function sweep(): void {
   }
   cancel(expired, 'expired')
   if (holding) arm()
+  else keepWorker('reservations', false)
 }
 
 function giveBack(key: string, pool: Pool, why: string): Promise<unknown> {
@@ -291,9 +296,16 @@ function forgetIdle(): void {
   }
 }
 
-// On Supabase the runtime announces an isolate's shutdown with `beforeunload`
-// (scripts/serve-functions.ts does too): give back what is reserved rather than leave it to the
-// hold sweeper.
+// On Supabase the runtime announces an isolate's end with `beforeunload` (scripts/serve-functions.ts
+// does too): give back what is reserved rather than leave it to the hold sweeper, and reserve no
+// more (a request still in flight would reserve for requests this worker will not get).
+let unloading = false
 globalThis.addEventListener?.('beforeunload', () => {
+  unloading = true
   giveBackAll('shutdown')
+  // Nothing is reserved any more (the calls giving it back and any reservation still in flight are
+  // under waitUntil themselves): the sweep has nothing to wait for.
+  clearTimeout(sweeping)
+  sweeping = undefined
+  keepWorker('reservations', false)
 })

@@ -46,11 +46,17 @@ const ModelsCache = z.object({
 }).openapi('ModelsCache')
 
 export const Health = z.object({
-  status: z.enum(['ok', 'degraded', 'unhealthy']),
+  status: z.enum(['ok', 'degraded', 'unhealthy', 'refusing']),
   timestamp,
   database: z.string().openapi({ example: 'ok' }),
-  upstream: z.object({ simulated: z.boolean(), base_url: z.string() }),
-  models_cache: ModelsCache.nullable(),
+  database_role: z.string().nullable().optional().openapi({
+    description: 'The role the function runs as in Postgres (gateway_api)',
+  }),
+  reason: z.string().optional().openapi({
+    description: 'Why the gateway refuses to serve (status refusing)',
+  }),
+  upstream: z.object({ simulated: z.boolean(), base_url: z.string() }).optional(),
+  models_cache: ModelsCache.nullable().optional(),
 }).openapi('Health')
 
 export const ModelList = z.object({

@@ -12,6 +12,7 @@ import { ApiError } from './errors.ts'
 import { charge } from './gateway-usage.ts'
 import { type Hold, type Outcome, type SettledBy, tokens, type Usage } from './hold.ts'
 import { log } from './log.ts'
+import { closed } from './open-holds.ts'
 import * as reservations from './reservations.ts'
 
 export interface Settlement {
@@ -61,6 +62,7 @@ interface SettleArgs {
 // the hold is a large part of what the account has left: a client sending requests back to back
 // would find its credits tied up in holds waiting to settle (a 402 it did not get before).
 const settlements = new Batcher<SettleArgs, Settlement>({
+  name: 'settlements',
   maxCalls: 1,
   maxBatch: 100,
   lingerMs: config.settleLingerMs,
@@ -83,6 +85,10 @@ const settlements = new Batcher<SettleArgs, Settlement>({
       ])).then((s) => [s])
   },
 })
+
+// The edge runtime announces the end of a worker with `beforeunload` (near its wall clock, over its
+// memory): settles waiting for company go at once.
+globalThis.addEventListener?.('beforeunload', () => settlements.flushNow())
 
 /**
  * Charges the hold for `usage`. Runs in background (it survives the response and retries while the
@@ -133,7 +139,7 @@ export function settle(
         repeated: s.settled ? undefined : s.reason,
       })
       return s
-    })(),
+    })().finally(() => closed(hold)),
     'settle_request',
   )
 }
@@ -141,7 +147,8 @@ export function settle(
 /** Releases the hold without a charge (nothing reached upstream, or upstream refused it). */
 export function voidHold(hold: Hold, reason: string): Promise<unknown> {
   return inBackground(
-    withRetries('void_request', () => call('void_request', [hold.hold_id, reason])),
+    withRetries('void_request', () => call('void_request', [hold.hold_id, reason]))
+      .finally(() => closed(hold)),
     'void_request',
   )
 }

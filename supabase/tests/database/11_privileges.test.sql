@@ -2,7 +2,7 @@
 -- contract's functions and reads no table, operators keep their SQL, append-only tables stay so.
 begin;
 \ir _helpers.sql
-select plan(24);
+select plan(25);
 
 select is(
   (select count(*) from pg_class c
@@ -80,8 +80,15 @@ select ok(
 
 select ok(pg_has_role('postgres', 'gateway_api', 'member'),
           'postgres may assume gateway_api (options=-c role=gateway_api)');
-select ok(not (select rolcanlogin from pg_roles where rolname = 'gateway_api'),
-          'gateway_api cannot log in');
+select ok((select rolcanlogin from pg_roles where rolname = 'gateway_api'),
+          'gateway_api logs in (the function connects as it, through the pooler)');
+select ok(
+  (select not (rolsuper or rolcreaterole or rolcreatedb or rolreplication or rolbypassrls)
+     from pg_roles where rolname = 'gateway_api')
+  and not exists (select from pg_auth_members m where m.member = 'gateway_api'::regrole)
+  and (select nspowner from pg_namespace where nspname = 'gateway') <> 'gateway_api'::regrole,
+  'gateway_api has no attribute, no membership and owns nothing it could use past its grants'
+);
 
 -- The same, by trying.
 select tests.new_account() as acct \gset

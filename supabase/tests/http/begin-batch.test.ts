@@ -7,7 +7,7 @@ import assert from 'node:assert/strict'
 import { balance, newAccount, setRateLimits, settled } from '../lib/accounts.ts'
 import { chat } from '../lib/http.ts'
 import { simChatCount } from '../lib/sim.ts'
-import { db, DB_URL, test } from '../lib/stack.ts'
+import { db, FUNCTION_DB_URL, test } from '../lib/stack.ts'
 
 /** Calls of gateway.begin_requests so far (pg_stat_statements; the stack preloads it). */
 async function batchCalls(): Promise<number> {
@@ -67,13 +67,17 @@ test('concurrent admissions go in batches and each request gets its own exact de
 })
 
 test('an element the database rejects fails alone: the rest of its batch is admitted', async () => {
-  // admission.ts directly (its own pool, as the function's), against the real database.
-  Deno.env.set('SUPABASE_DB_URL', DB_URL)
+  // admission.ts directly (its own pool, as the function's: the pooler, as gateway_api).
+  Deno.env.set('GATEWAY_DB_URL', FUNCTION_DB_URL)
   // Eight admissions of one caller would make it busy enough for reserved admissions
   // (reservations.ts), which are not what this test is about.
   Deno.env.set('GATEWAY_RESERVE_ADMISSIONS', '0')
   const { begin } = await import('../../functions/gateway/admission.ts')
   const { voidHold } = await import('../../functions/gateway/settlement.ts')
+  // Read once at import (config.ts). Not left set: the functions servers later tests of this
+  // process start inherit its environment.
+  Deno.env.delete('GATEWAY_RESERVE_ADMISSIONS')
+  Deno.env.delete('GATEWAY_DB_URL')
   const { hashKey } = await import('../../functions/_shared/keys.ts')
   const a = await newAccount(100_000, 'beginbatch')
   const who = { keyHash: hashKey(a.key), ip: '127.0.0.1', referrer: null }

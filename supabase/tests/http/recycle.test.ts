@@ -5,7 +5,7 @@
 import assert from 'node:assert/strict'
 import { newAccount, settled } from '../lib/accounts.ts'
 import { simGeneration } from '../lib/sim.ts'
-import { DB_URL, SIM_URL, test } from '../lib/stack.ts'
+import { DB_URL, FUNCTION_DB_URL, SIM_URL, test } from '../lib/stack.ts'
 
 const ROOT = new URL('../../../', import.meta.url)
 
@@ -18,12 +18,13 @@ function freePort(): number {
 
 async function startFunctions(port: number): Promise<Deno.ChildProcess> {
   const child = new Deno.Command(Deno.execPath(), {
-    args: ['run', '--allow-net', '--allow-env', '--allow-read', 'scripts/serve-functions.ts'],
+    args: ['run', '-A', 'scripts/serve-functions.ts'],
     cwd: ROOT.pathname,
     env: {
       FUNCTIONS_PORT: String(port),
       SUPABASE_URL: `http://127.0.0.1:${port}`,
       SUPABASE_DB_URL: DB_URL,
+      GATEWAY_DB_URL: FUNCTION_DB_URL,
       OPENROUTER_BASE_URL: `${SIM_URL}/api/v1`,
       OPENROUTER_API_KEY: 'simulated-upstream-key',
       GATEWAY_UPSTREAM_SIMULATED: '1',

@@ -138,12 +138,16 @@ export async function withRegistrationRoom<T>(room: number, fn: () => Promise<T>
     select count(*) filter (where network && gateway.signup_network('127.0.0.1'))::int as here,
            count(*)::int as all
       from gateway.signups where created_at > now() - interval '1 hour'`
-  await db()`select gateway.set_setting('registrations_per_network_per_hour', ${String(here + room)})`
+  await db()`select gateway.set_setting('registrations_per_network_per_hour', ${
+    String(here + room)
+  })`
   await db()`select gateway.set_setting('registrations_per_hour', ${String(all + room + 10)})`
   try {
     return await forgettingSignups(fn)
   } finally {
-    await db()`select gateway.set_setting('registrations_per_network_per_hour', ${String(s.network)})`
+    await db()`select gateway.set_setting('registrations_per_network_per_hour', ${
+      String(s.network)
+    })`
     await db()`select gateway.set_setting('registrations_per_hour', ${String(s.hourly)})`
   }
 }

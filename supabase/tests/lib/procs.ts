@@ -11,7 +11,7 @@
 
 import { createSimulator, type Simulator } from '../../../tools/openrouter-sim/server.ts'
 import type { SimGeneration, SimStats } from './sim.ts'
-import { DB_URL, sleep } from './stack.ts'
+import { DB_URL, FUNCTION_DB_URL, sleep } from './stack.ts'
 
 const ROOT = new URL('../../../', import.meta.url).pathname
 
@@ -290,14 +290,14 @@ export interface FunctionsOptions {
   port?: number
   /** OPENROUTER_BASE_URL; default: the shared simulator. */
   upstream?: string
-  /** SUPABASE_DB_URL; default: the shared Postgres. */
+  /** GATEWAY_DB_URL; default: the shared Postgres through the stack's PgBouncer, as gateway_api. */
   dbUrl?: string
   /** '::1' serves on IPv6 loopback (serve-functions.ts itself binds 127.0.0.1). */
   hostname?: string
   /** Its output (the function's JSON logs) to this file; else read, and kept with `captureLogs`. */
   log?: string
   captureLogs?: boolean
-  /** Deno flags before the script (a CPU profile, say). */
+  /** Deno flags of the worker processes that run the function (a CPU profile, say). */
   denoArgs?: string[]
   /** More environment for the function (GATEWAY_* settings). */
   env?: Record<string, string>
@@ -325,27 +325,23 @@ export async function startFunctions(opts: FunctionsOptions = {}): Promise<Funct
   const proc = await start({
     name: 'functions',
     cmd: Deno.execPath(),
-    args: [
-      'run',
-      '--allow-net',
-      '--allow-env',
-      '--allow-read',
-      '--unstable-no-legacy-abort',
-      ...(opts.denoArgs ?? []),
-      ...(v8 ? [`--v8-flags=${v8}`] : []),
-      `${ROOT}${entry}`,
-    ],
+    // -A: the stand-in spawns worker processes and reads their memory from /proc.
+    args: ['run', '-A', '--unstable-no-legacy-abort', `${ROOT}${entry}`],
     env: {
       FUNCTIONS_PORT: String(port),
       FUNCTIONS_HOSTNAME: hostname,
       SUPABASE_URL: `http://${host}:${port}`,
-      SUPABASE_DB_URL: opts.dbUrl ?? DB_URL,
+      SUPABASE_DB_URL: DB_URL,
+      GATEWAY_DB_URL: opts.dbUrl ?? FUNCTION_DB_URL,
       OPENROUTER_BASE_URL: opts.upstream ??
         `${Deno.env.get('SIM_URL') ?? 'http://127.0.0.1:54340'}/api/v1`,
       OPENROUTER_API_KEY: 'simulated-upstream-key',
       GATEWAY_UPSTREAM_SIMULATED: '1',
       // Quick fallbacks: an own simulator's /generation answers after 50 ms.
       GATEWAY_GENERATION_LOOKUP_DELAYS_MS: '100,200,400,800,1600',
+      // The function runs in worker processes (scripts/edge-worker.ts): profiling and V8 flags are theirs.
+      FUNCTIONS_WORKER_DENO_ARGS: [...(opts.denoArgs ?? []), ...(v8 ? [`--v8-flags=${v8}`] : [])]
+        .join(' '),
       ...opts.env,
     },
     cwd: ROOT,

@@ -13,6 +13,9 @@ export const SIM_URL = (Deno.env.get('SIM_URL') ?? 'http://127.0.0.1:54340').rep
 export const DB_URL = Deno.env.get('DB_URL') ??
   'postgresql://postgres:postgres@127.0.0.1:54322/postgres'
 export const SUPABASE_URL = GATEWAY_URL.replace(/\/functions\/v1\/gateway$/, '')
+/** What the function connects with (GATEWAY_DB_URL): the transaction pooler, as its own role. */
+export const FUNCTION_DB_URL = Deno.env.get('FUNCTION_DB_URL') ??
+  'postgresql://gateway_api:gateway-api-local@127.0.0.1:54329/postgres'
 
 let pool: postgres.Sql | undefined
 

@@ -28,7 +28,7 @@ function gate<T>() {
 
 Deno.test('alone an item goes at once; those arriving meanwhile share the next call', async () => {
   const g = gate<number>()
-  const b = new Batcher<number, string>({ maxCalls: 1, maxBatch: 10, call: g.call })
+  const b = new Batcher<number, string>({ name: 'test', maxCalls: 1, maxBatch: 10, call: g.call })
   const first = b.submit(1)
   assert.deepEqual(g.batches, [[1]], 'the first item did not wait')
   const rest = [2, 3, 4].map((i) => b.submit(i))
@@ -40,7 +40,7 @@ Deno.test('alone an item goes at once; those arriving meanwhile share the next c
 
 Deno.test('maxCalls calls in flight at once, and no call takes more than maxBatch', async () => {
   const g = gate<number>()
-  const b = new Batcher<number, string>({ maxCalls: 2, maxBatch: 3, call: g.call })
+  const b = new Batcher<number, string>({ name: 'test', maxCalls: 2, maxBatch: 3, call: g.call })
   const all = Array.from({ length: 9 }, (_, i) => b.submit(i))
   assert.deepEqual(g.batches, [[0], [1]])
   await g.releaseAll()
@@ -54,7 +54,13 @@ Deno.test('a lingering item waits for company; an urgent one does not', async ()
     calls.push(items)
     return Promise.resolve(items.map(String))
   }
-  const b = new Batcher<number, string>({ maxCalls: 1, maxBatch: 10, lingerMs: 20, call })
+  const b = new Batcher<number, string>({
+    name: 'test',
+    maxCalls: 1,
+    maxBatch: 10,
+    lingerMs: 20,
+    call,
+  })
   const lingering = [b.submit(1), b.submit(2)]
   assert.deepEqual(calls, [], 'nothing went yet')
   assert.deepEqual(await Promise.all(lingering), ['1', '2'])
@@ -71,7 +77,7 @@ Deno.test('a batch that fails is sent one by one: only the failing item fails', 
     if (items.includes(0)) return Promise.reject(new ApiError(400, 'bad item'))
     return Promise.resolve(items.map(String))
   }
-  const b = new Batcher<number, string>({ maxCalls: 1, maxBatch: 10, call })
+  const b = new Batcher<number, string>({ name: 'test', maxCalls: 1, maxBatch: 10, call })
   const first = b.submit(9)
   const batch = [1, 0, 2].map((i) => b.submit(i))
   const settled = await Promise.allSettled([first, ...batch])
@@ -94,7 +100,7 @@ Deno.test('an unreachable database (503) fails the whole batch at once', async (
       ? Promise.reject(new ApiError(503, 'down', { code: 'database_unavailable' }))
       : new Promise<string[]>((r) => setTimeout(() => r(items.map(String)), 5))
   }
-  const b = new Batcher<number, string>({ maxCalls: 1, maxBatch: 10, call })
+  const b = new Batcher<number, string>({ name: 'test', maxCalls: 1, maxBatch: 10, call })
   const first = b.submit(0)
   const batch = [1, 2, 3].map((i) => b.submit(i))
   down = true
@@ -106,6 +112,7 @@ Deno.test('an unreachable database (503) fails the whole batch at once', async (
 
 Deno.test('an answer of the wrong length never resolves an item with undefined', async () => {
   const b = new Batcher<number, string>({
+    name: 'test',
     maxCalls: 1,
     maxBatch: 10,
     call: (items) => Promise.resolve(items.length > 1 ? ['only one'] : [`${items[0]}`]),

@@ -1,6 +1,6 @@
 // Admin routes (a key with `admin` permission). An admin names a user by `user_id` or by one of
 // their keys (`api_key`, sent to SQL only as its SHA-256). Credit grants, balances, monitoring and
-// limits are one SQL call each; the models-cache routes authorize in SQL, then act here.
+// limits are one SQL call each; the models-cache routes act here once the key is authorized.
 
 import { createRoute } from '@hono/zod-openapi'
 import { hashKey, isWellFormedKey, toHex } from '../../_shared/keys.ts'
@@ -12,6 +12,14 @@ import * as s from '../schemas.ts'
 import { BEARER, errors, handle, json, jsonText, ok, router } from './common.ts'
 
 export const adminRoutes = router()
+
+// Authorization before validation: a key without `admin` gets its 401/403 whatever it sent, so a
+// body's errors tell nothing to someone who may not use the route. Registered before the routes,
+// so it runs before their validators; each route's SQL function checks the key again itself.
+adminRoutes.use('/admin/*', async (c, next) => {
+  await call('admin_authorize', callerArgs(caller(c)))
+  await next()
+})
 
 /** `p_target` of the admin SQL functions: {"user_id": n} or {"api_key_hash": "<hex>"}. */
 async function target(b: { user_id?: number; api_key?: string }, scope?: 'user' | 'key') {
@@ -130,8 +138,7 @@ handle(
     security: BEARER,
     responses: { ...ok('Refreshed', s.ModelsRefreshed), ...errors(401, 403, 429, 503) },
   }),
-  async (c) => {
-    await call('admin_authorize', callerArgs(await caller(c)))
+  async () => {
     const fresh = await refresh()
     return json({
       status: 'refreshed',
@@ -151,8 +158,7 @@ handle(
     security: BEARER,
     responses: { ...ok('Cache state', s.CacheStatus), ...errors(401, 403, 429) },
   }),
-  async (c) => {
-    await call('admin_authorize', callerArgs(await caller(c)))
+  async () => {
     const meta = await cacheMeta()
     const held = heldCatalog()
     return json({

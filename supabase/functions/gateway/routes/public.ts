@@ -3,7 +3,7 @@
 
 import { createRoute } from '@hono/zod-openapi'
 import { config } from '../config.ts'
-import { queryRow } from '../db.ts'
+import { databaseRole, queryRow } from '../db.ts'
 import {
   type CacheMeta,
   catalog,
@@ -51,6 +51,7 @@ handle(
         status,
         timestamp,
         database: row.health.database,
+        database_role: databaseRole()?.role ?? null,
         upstream,
         models_cache: models,
       })
