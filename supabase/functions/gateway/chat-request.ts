@@ -1,7 +1,7 @@
 // The chat completions request: the OpenAI body validated with zod where the gateway depends on a
 // field (model, messages, stream, token caps), everything else OpenRouter accepts passed through
 // untouched (`tools`, `response_format`, `provider`, `reasoning`, `models`, `transforms`, …). Also
-// the prompt-token estimate the hold is sized with, and the body as it goes upstream.
+// the request's facts the hold is sized from (requestFacts), and the body as it goes upstream.
 
 import { Buffer } from 'node:buffer'
 import { z } from '@hono/zod-openapi'
@@ -12,6 +12,9 @@ const Message = z.looseObject({
   role: z.enum(['system', 'developer', 'user', 'assistant', 'tool', 'function']),
   content: z.union([z.string(), z.array(ContentPart), z.null()]).optional(),
 }).openapi('ChatMessage')
+
+/** The most web results a request may ask for (the facts' range: a hold covers at most this many). */
+export const MAX_WEB_RESULTS = 100
 
 const tokenCap = z.number().int().min(1).max(10_000_000)
 
@@ -28,38 +31,134 @@ export const ChatCompletionRequest = z.looseObject({
   top_p: z.number().min(0).max(1).nullable().optional(),
   // One choice only: the hold covers one completion.
   n: z.literal(1).nullable().optional(),
+  /** OpenRouter's plugins; a `web` plugin's max_results sizes the hold's web-search part. */
+  plugins: z.array(z.looseObject({
+    id: z.string(),
+    max_results: z.number().int().min(1).max(MAX_WEB_RESULTS).optional(),
+  })).max(16).optional(),
+  web_search_options: z.looseObject({}).nullable().optional(),
 }).refine((b) => b.model !== undefined || b.models !== undefined, {
   message: 'model is required',
   path: ['model'],
+}).refine((b) => new Set([...(b.model ? [b.model] : []), ...(b.models ?? [])]).size <= 16, {
+  message: 'model and models name at most 16 different models',
+  path: ['models'],
 }).openapi('ChatCompletionRequest')
 
 export type ChatCompletionRequest = z.infer<typeof ChatCompletionRequest>
 
-/**
- * Prompt tokens, estimated: 3 + Σ (4 + ⌈UTF-8 bytes of the message's text / 4⌉). Only sizes the
- * hold and is the last-resort count; the charge comes from upstream's usage whenever it exists.
- * (Buffer.byteLength counts without encoding, natively: a JS loop over the characters cost ~400 µs
- * for a 200 KB prompt, more than everything else the function does with it.)
- */
-export function estimatePromptTokens(messages: ChatCompletionRequest['messages']): number {
-  let tokens = 3
-  for (const m of messages) {
-    const content = m.content
-    let bytes = 0
-    if (typeof content === 'string') bytes = Buffer.byteLength(content, 'utf8')
-    else if (Array.isArray(content)) {
-      for (const part of content) {
-        if (part.type === 'text' && typeof part.text === 'string') {
-          bytes += Buffer.byteLength(part.text, 'utf8')
-        }
-      }
-    }
-    tokens += 4 + Math.ceil(bytes / 4)
-  }
-  return tokens
+/** The request's facts, as gateway.begin_request takes them (docs/SQL-API.md, "The request path"). */
+export interface RequestFacts {
+  /** The candidate models, `model` then the fallbacks, deduplicated, without `~…` suffixes. */
+  models: string[]
+  /** Bytes of the body as it goes upstream, minus inline image/audio data: bounds its text tokens. */
+  prompt_bound: number
+  /** Non-text parts: each adds its allowance (settings image_part_tokens, …) to the bound. */
+  parts: { images: number; audio: number; files: number }
+  /** Web-search results the request may pull (the web plugin's max_results, `:online`). */
+  web_results: number
+  max_tokens: number | null
+  /** How long the function may keep this request alive: the hold expires no earlier. */
+  lifetime_seconds: number
 }
 
-/** The model the hold is begun for. */
+/** Results the web plugin pulls when the request does not say (OpenRouter's default). */
+export const DEFAULT_WEB_RESULTS = 5
+
+/**
+ * The id a model is priced by: the simulator's fault grammar (`openai/gpt-4o-mini~len-3`) appends
+ * `~…` knobs that are not part of the model; variants (`:free`, `:online`) stay, SQL resolves them.
+ * Only for pricing: the model goes upstream as the client wrote it.
+ */
+export function pricedModel(id: string): string {
+  const tilde = id.indexOf('~')
+  return tilde > 0 ? id.slice(0, tilde) : id
+}
+
+/** The candidates: `model` first, then the `models` fallbacks, deduplicated, in order. */
+export function candidateModels(body: ChatCompletionRequest): string[] {
+  const ids = [...(body.model !== undefined ? [body.model] : []), ...(body.models ?? [])]
+  return [...new Set(ids.map(pricedModel))]
+}
+
+/**
+ * Web-search results the request may pull: a `web` plugin's max_results (default 5),
+ * `web_search_options` (5), an `:online` candidate (5; SQL also counts it). 0 otherwise.
+ */
+export function webResults(body: ChatCompletionRequest, models: string[]): number {
+  let results = 0
+  for (const plugin of body.plugins ?? []) {
+    if (plugin.id === 'web') results = Math.max(results, plugin.max_results ?? DEFAULT_WEB_RESULTS)
+  }
+  if (body.web_search_options != null) results = Math.max(results, DEFAULT_WEB_RESULTS)
+  if (models.some((m) => m.split(':').slice(1).includes('online'))) {
+    results = Math.max(results, DEFAULT_WEB_RESULTS)
+  }
+  return results
+}
+
+// The members upstreamBody may add or widen: at most `"max_tokens":2147483647` (24 bytes),
+// `"max_completion_tokens":2147483647` (35), `"stream_options":` (17) and `"include_usage":true`
+// beside the client's own stream_options (21), and their commas.
+const REWRITE_BYTES = 24 + 35 + 17 + 21 + 2 + 4
+
+/**
+ * The request's facts. `text` is the JSON `body` was parsed from: the body upstream receives is its
+ * members, verbatim, with max_tokens/stream_options rewritten (upstreamBody), so its bytes are at
+ * most the text's plus the rewritten members'; or, when the text has duplicate members, the body
+ * re-serialised, whose bytes can exceed the text's only through numbers written with an exponent
+ * (`1e20` is 21 digits to JSON.stringify). Tokenizers never make fewer than one byte a token, so
+ * the bytes bound every text token upstream bills (messages, names, tools, tool calls, schemas,
+ * `prediction`, …). Inline image and audio data are taken out of the bound: they count as parts,
+ * each with its allowance. Inline file data stays in it (text-like) and counts as a file as well.
+ */
+export function requestFacts(
+  body: ChatCompletionRequest,
+  text: string,
+  lifetimeSeconds: number,
+): RequestFacts {
+  let bytes = Buffer.byteLength(text, 'utf8')
+  if (/\d[eE][-+]?\d/.test(text)) {
+    bytes = Math.max(bytes, Buffer.byteLength(JSON.stringify(body), 'utf8'))
+  }
+  const parts = { images: 0, audio: 0, files: 0 }
+  let inline = 0
+  for (const m of body.messages) {
+    if (!Array.isArray(m.content)) continue
+    for (const part of m.content) {
+      switch (part.type) {
+        case 'image_url': {
+          parts.images++
+          const url = (part.image_url as { url?: unknown } | undefined)?.url
+          if (typeof url === 'string' && url.startsWith('data:')) inline += url.length
+          break
+        }
+        case 'input_audio': {
+          parts.audio++
+          const data = (part.input_audio as { data?: unknown } | undefined)?.data
+          if (typeof data === 'string') inline += data.length
+          break
+        }
+        case 'file':
+          parts.files++
+          break
+      }
+    }
+  }
+  const models = candidateModels(body)
+  return {
+    models,
+    // (A data URL or base64 is ASCII as JSON.parse returns it: its length is its bytes in the body,
+    // or fewer than its escaped form there, so the subtraction never takes out more than it was.)
+    prompt_bound: Math.min(2 ** 31 - 1, Math.max(0, bytes + REWRITE_BYTES - inline)),
+    parts,
+    web_results: webResults(body, models),
+    max_tokens: requestedMaxTokens(body),
+    lifetime_seconds: Math.min(86_400, Math.max(0, Math.ceil(lifetimeSeconds))),
+  }
+}
+
+/** The model the request names first (logs, and billing when upstream names none). */
 export function requestedModel(body: ChatCompletionRequest): string {
   return body.model ?? body.models![0]
 }

@@ -6,20 +6,26 @@
 import { begin } from './admission.ts'
 import {
   type ChatCompletionRequest,
-  estimatePromptTokens,
-  requestedMaxTokens,
   requestedModel,
+  type RequestFacts,
+  requestFacts,
   upstreamBody,
 } from './chat-request.ts'
 import { config } from './config.ts'
 import { ApiError } from './errors.ts'
-import { appendMember, charge, gatewayUsageJson } from './gateway-usage.ts'
+import {
+  appendMember,
+  gatewayUsageJson,
+  readUsage,
+  usageCounts,
+  withClientUsage,
+} from './gateway-usage.ts'
 import type { Hold, Usage } from './hold.ts'
 import type { Caller } from './identity.ts'
 import type { LogFields } from './log.ts'
 import { settleWithoutUsage } from './recovery.ts'
 import { rateLimitHeaders } from './refusals.ts'
-import { settle, voidHold } from './settlement.ts'
+import { reportedCharge, SETTLE_RETRY_MS, voidHold } from './settlement.ts'
 import { MeteredStream } from './sse.ts'
 import {
   postChat,
@@ -52,6 +58,18 @@ function withHeaders(err: ApiError, headers: Record<string, string>): ApiError {
   return err
 }
 
+/**
+ * How long the function may keep a request alive, so that its hold outlives it: upstream's headers
+ * (GATEWAY_UPSTREAM_TIMEOUT_MS), the longest stream (GATEWAY_STREAM_MAX_SECONDS), then the
+ * /generation lookups and the settle's retries while the database is unreachable.
+ */
+export function requestLifetimeSeconds(): number {
+  const lookups = config.generationLookupDelaysMs.reduce((a, b) => a + b, 0)
+  return Math.ceil(
+    (config.upstreamTimeoutMs + lookups + SETTLE_RETRY_MS) / 1000 + config.streamMaxSeconds,
+  )
+}
+
 /** `body` is the validated request, `text` the JSON it was parsed from (forwarded as written). */
 export async function chatCompletion(
   who: Caller,
@@ -67,12 +85,12 @@ export async function chatCompletion(
     })
   }
   const model = requestedModel(body)
-  const promptEstimate = estimatePromptTokens(body.messages)
+  const facts = requestFacts(body, text, requestLifetimeSeconds())
   if (opts.log) {
     opts.log.model = model
     opts.log.stream = body.stream === true
   }
-  const hold = await begin(who, model, requestedMaxTokens(body), promptEstimate)
+  const hold = await begin(who, facts)
   if (opts.log) {
     opts.log.user_id = hold.user_id
     opts.log.key_prefix = hold.key_prefix
@@ -80,7 +98,7 @@ export async function chatCompletion(
   }
   const limits = rateLimitHeaders(hold.limits)
   try {
-    return await forward(hold, body, text, model, promptEstimate, startedAt, limits, opts)
+    return await forward(hold, body, text, model, facts, startedAt, limits, opts)
   } catch (err) {
     throw err instanceof ApiError ? withHeaders(err, limits) : err
   }
@@ -91,7 +109,7 @@ async function forward(
   body: ChatCompletionRequest,
   requestText: string,
   model: string,
-  promptEstimate: number,
+  facts: RequestFacts,
   startedAt: number,
   limits: Record<string, string>,
   opts: CompletionOptions,
@@ -116,8 +134,9 @@ async function forward(
     settleWithoutUsage(hold, {
       model,
       generationId,
-      countedPromptTokens: promptEstimate,
+      countedPromptTokens: facts.prompt_bound,
       countedCompletionTokens: 0,
+      images: facts.parts.images,
       outcome: 'upstream_error',
       latencyMs: Date.now() - startedAt,
     })
@@ -137,7 +156,8 @@ async function forward(
     const stream = new MeteredStream(res.body, {
       hold,
       model,
-      promptEstimate,
+      promptBound: facts.prompt_bound,
+      images: facts.parts.images,
       generationId,
       startedAt,
       call,
@@ -179,40 +199,40 @@ async function forward(
     throw fail(upstreamError(status >= 400 && status <= 599 ? status : 502, text, res.headers))
   }
 
-  const usage = doc.usage
-  if (!usage || typeof usage !== 'object') {
+  const read = doc.usage && typeof doc.usage === 'object' ? readUsage(text) : undefined
+  if (!read) {
     lost()
-    opts.onResult?.({
-      ...doc,
-      gateway_usage: JSON.parse(gatewayUsageJson(null, null, hold.key_prefix)),
-    })
+    const gatewayUsage = gatewayUsageJson(null, null, hold.key_prefix)
+    opts.onResult?.({ ...doc, gateway_usage: JSON.parse(gatewayUsage) })
     return new Response(
-      appendMember(text, 'gateway_usage', gatewayUsageJson(null, null, hold.key_prefix)),
+      appendMember(text, 'gateway_usage', gatewayUsage),
       { headers: { ...JSON_HEADERS, ...limits, ...idHeader } },
     )
   }
+  const counts = usageCounts(read.usage, read.costText)
   const settled: Usage = {
+    ...counts,
     model: typeof doc.model === 'string' ? doc.model : model,
-    promptTokens: usage.prompt_tokens ?? promptEstimate,
-    completionTokens: usage.completion_tokens ?? 0,
-    cost: typeof usage.cost === 'number' ? usage.cost : null,
+    promptTokens: counts.promptTokens ?? facts.prompt_bound,
+    completionTokens: counts.completionTokens ?? 0,
+    images: facts.parts.images,
     generationId: generationId ?? (typeof doc.id === 'string' ? doc.id : null),
     settledBy: 'usage',
     outcome: 'success',
     latencyMs: Date.now() - startedAt,
   }
-  // The response does not wait for the settle (one committed round trip): it reports the charge
-  // the settle will make, computed from the hold (the balance after it is as of admission).
-  settle(hold, settled, opts.log !== undefined)
-  const { credits, balanceAfter } = charge(hold, settled)
+  const reported = await reportedCharge(hold, settled, opts.log !== undefined)
   if (opts.log) {
     opts.log.prompt_tokens = settled.promptTokens
     opts.log.completion_tokens = settled.completionTokens
-    opts.log.credits_charged = credits
+    opts.log.credits_charged = reported?.credits
   }
-  const gatewayUsage = gatewayUsageJson(credits, balanceAfter, hold.key_prefix)
-  opts.onResult?.({ ...doc, gateway_usage: JSON.parse(gatewayUsage) })
-  return new Response(appendMember(text, 'gateway_usage', gatewayUsage), {
-    headers: { ...JSON_HEADERS, ...limits, ...idHeader },
-  })
+  const gatewayUsage = gatewayUsageJson(reported, settled, hold.key_prefix)
+  const out = appendMember(
+    withClientUsage(text, read.usage, reported?.usd ?? null),
+    'gateway_usage',
+    gatewayUsage,
+  )
+  opts.onResult?.(JSON.parse(out))
+  return new Response(out, { headers: { ...JSON_HEADERS, ...limits, ...idHeader } })
 }

@@ -55,6 +55,12 @@ export const config = {
   /** A stream that sends nothing (not even a keep-alive comment) for this long is cut. */
   streamIdleTimeoutMs: intEnv('GATEWAY_STREAM_IDLE_TIMEOUT_MS', 120_000),
   /**
+   * The longest a stream may run (GATEWAY_STREAM_MAX_SECONDS): it sizes the request's
+   * `lifetime_seconds` (completions.ts, requestLifetimeSeconds), so that no hold expires while its
+   * stream may still run; sse.ts cuts a stream that reaches it.
+   */
+  streamMaxSeconds: Math.max(intEnv('GATEWAY_STREAM_MAX_SECONDS', 300), 1),
+  /**
    * After a client disconnect, OpenRouter's /generation stats appear a few seconds later; these are
    * the waits (ms) between lookups before falling back to counting what was streamed.
    */

@@ -1,23 +1,189 @@
-// What a completion reports of its charge, for both response paths (JSON and SSE): `gateway_usage`,
-// the charge its settle will make, computed from the hold so that no response waits for the settle
-// (which runs after the response, in background: settlement.ts).
+// What a completion reports of its charge, for both response paths (JSON and SSE): upstream's usage
+// read exactly (every detail OpenRouter reports, `cost` as the decimal text it sent), the charge its
+// settle will make computed from the hold (credits.ts) so that no response waits for the settle
+// (which runs after the response, in background: settlement.ts), the usage rewritten with what the
+// client pays, and the `gateway_usage` member.
 
-import { creditsFor } from './credits.ts'
+import { topLevelMembers } from './chat-request.ts'
+import { chargeFor, creditsUsd } from './credits.ts'
 import { type Hold, tokens, type Usage } from './hold.ts'
 
+/** Upstream's usage object, as far as billing reads it (OpenRouter's ChatUsage). */
+export interface UpstreamUsage {
+  prompt_tokens?: number
+  completion_tokens?: number
+  prompt_tokens_details?: { cached_tokens?: number; cache_write_tokens?: number } | null
+  completion_tokens_details?: { reasoning_tokens?: number } | null
+  server_tool_use_details?: { web_search_requests?: number } | null
+  cost?: number | null
+  [member: string]: unknown
+}
+
+/** The counts of a usage (the rest of Usage is the request's: model, ids, outcome, timing). */
+export type UsageCounts = Pick<
+  Usage,
+  | 'promptTokens'
+  | 'completionTokens'
+  | 'cachedTokens'
+  | 'cacheWriteTokens'
+  | 'reasoningTokens'
+  | 'webSearchRequests'
+  | 'cost'
+>
+
+// JSON.parse's reviver gets the source text of a primitive as `context.source` (Deno 2, V8): a
+// cost sent as 0.000001234567890123 would lose digits through a double.
+type Reviver = (
+  this: unknown,
+  key: string,
+  value: unknown,
+  context?: { source?: string },
+) => unknown
+
 /**
- * What settling `usage` will charge the hold (settle_request's own formula, see credits.ts), and the
- * balance after it as of admission: requests of the same account running concurrently may move the
- * actual balance. Lets a response report the charge without waiting for the settle.
+ * Parses a usage object's JSON text (or a chunk's or a completion's, whose `usage` member is read),
+ * keeping `cost` as the exact decimal text upstream sent.
  */
-export function charge(hold: Hold, usage: Usage): { credits: number; balanceAfter: number } {
-  const credits = creditsFor(
-    tokens(usage.promptTokens),
-    tokens(usage.completionTokens),
-    hold.prompt_multiplier,
-    hold.completion_multiplier,
-  )
-  return { credits, balanceAfter: hold.balance - credits }
+export function parseUsage(text: string): { usage: UpstreamUsage; costText: string | null } {
+  const { value, sourceOf } = parseWithSources(text, 'cost')
+  return { usage: value as UpstreamUsage, costText: sourceOf(value) }
+}
+
+/**
+ * JSON.parse, remembering the source text of every number named `key`: `sourceOf(o)` is that of
+ * `o[key]` (or null).
+ */
+export function parseWithSources(
+  text: string,
+  key: string,
+): { value: unknown; sourceOf: (o: unknown) => string | null } {
+  const sources = new WeakMap<object, string>()
+  const reviver: Reviver = function (k, value, context) {
+    if (k === key && typeof value === 'number' && context?.source && this) {
+      sources.set(this as object, context.source)
+    }
+    return value
+  }
+  const value = (JSON.parse as (t: string, r: Reviver) => unknown)(text, reviver)
+  return {
+    value,
+    sourceOf: (o) => (o !== null && typeof o === 'object' ? sources.get(o) ?? null : null),
+  }
+}
+
+const DECIMAL_TEXT = /^\d+(\.\d+)?([eE][-+]?\d+)?$/
+
+/** A cost's source text when it is a non-negative decimal settle_request takes; else null. */
+export function costText(text: string | null): string | null {
+  return text !== null && DECIMAL_TEXT.test(text) ? text : null
+}
+
+const count = (n: unknown): number | undefined =>
+  typeof n === 'number' && Number.isFinite(n) ? tokens(n) : undefined
+
+/** The counts upstream's usage reports, every detail OpenRouter gives; undefined where absent. */
+export function usageCounts(
+  u: UpstreamUsage,
+  cost: string | null,
+): Partial<UsageCounts> & Pick<UsageCounts, 'cost'> {
+  return {
+    promptTokens: count(u.prompt_tokens),
+    completionTokens: count(u.completion_tokens),
+    cachedTokens: count(u.prompt_tokens_details?.cached_tokens),
+    cacheWriteTokens: count(u.prompt_tokens_details?.cache_write_tokens),
+    reasoningTokens: count(u.completion_tokens_details?.reasoning_tokens),
+    webSearchRequests: count(u.server_tool_use_details?.web_search_requests),
+    cost: costText(cost),
+  }
+}
+
+export interface ReportedCharge {
+  credits: number
+  /** What the client pays, USD: credits × usd_per_credit, exact decimal text. */
+  usd: string
+  /** The balance after it, as of admission. */
+  balanceAfter: number
+}
+
+/**
+ * What settling `usage` will charge the hold (settle_request's own formula, see credits.ts), what
+ * that costs the client in USD, and the balance after it as of admission: requests of the same
+ * account running concurrently may move the actual balance. Undefined when only the settle can say
+ * (openrouter/auto served a model outside the candidates: the response then waits for the settle).
+ */
+export function charge(hold: Hold, usage: Usage): ReportedCharge | undefined {
+  const c = chargeFor(hold.pricing, {
+    model: usage.model,
+    prompt_tokens: tokens(usage.promptTokens),
+    completion_tokens: tokens(usage.completionTokens),
+    cached_tokens: tokens(usage.cachedTokens ?? 0),
+    cache_write_tokens: tokens(usage.cacheWriteTokens ?? 0),
+    reasoning_tokens: tokens(usage.reasoningTokens ?? 0),
+    web_search_requests: tokens(usage.webSearchRequests ?? 0),
+    images: tokens(usage.images ?? 0),
+    cost: usage.cost,
+  })
+  return c && settled(hold, c.credits)
+}
+
+/** A charge as responses report it, from the credits charged. */
+export function settled(hold: Hold, credits: number): ReportedCharge {
+  return {
+    credits,
+    usd: creditsUsd(credits, hold.pricing.usd_per_credit),
+    balanceAfter: hold.balance - credits,
+  }
+}
+
+const COST = '"__gateway_cost__"'
+
+/**
+ * Upstream's usage object rewritten for the client: `cost` is what the client pays (credits ×
+ * usd_per_credit, an exact decimal written as a JSON number), never the operator's upstream cost,
+ * and `cost_details` (upstream's cost by part) is null, as OpenRouter's schema allows. Every other
+ * member (token counts and their details) as upstream sent it.
+ */
+export function clientUsageJson(usage: UpstreamUsage, usd: string | null): string {
+  const json = JSON.stringify({
+    ...usage,
+    cost: usd === null ? null : '__gateway_cost__',
+    cost_details: null,
+  })
+  return usd === null ? json : json.replace(COST, usd)
+}
+
+/** The `usage` member of a completion's or a chunk's JSON text: where its value is, and the value. */
+function usageMember(objectJson: string): { start: number; end: number } | undefined {
+  // JSON.parse keeps the last of duplicate members: so does this.
+  const m = topLevelMembers(objectJson).findLast((x) => x.name === 'usage')
+  if (!m) return undefined
+  const colon = objectJson.indexOf(':', objectJson.indexOf('"', m.start + 1) + 1)
+  return { start: colon + 1, end: m.end }
+}
+
+/**
+ * The usage object of a completion's or a chunk's JSON text (JSON.parse has accepted it), with its
+ * cost's exact text; undefined when it has none.
+ */
+export function readUsage(
+  objectJson: string,
+): { usage: UpstreamUsage; costText: string | null } | undefined {
+  const m = usageMember(objectJson)
+  if (!m) return undefined
+  const parsed = parseUsage(objectJson.slice(m.start, m.end))
+  const u = parsed.usage as unknown
+  return u !== null && typeof u === 'object' && !Array.isArray(u) ? parsed : undefined
+}
+
+/** The completion's or chunk's JSON text with its `usage` rewritten for the client (clientUsageJson). */
+export function withClientUsage(
+  objectJson: string,
+  usage: UpstreamUsage,
+  usd: string | null,
+): string {
+  const m = usageMember(objectJson)
+  if (!m) return objectJson
+  return `${objectJson.slice(0, m.start)}${clientUsageJson(usage, usd)}${objectJson.slice(m.end)}`
 }
 
 /** Inserts `"name": valueJson` as the last member of the JSON object text `objectJson`. */
@@ -28,15 +194,22 @@ export function appendMember(objectJson: string, name: string, valueJson: string
   return `${head}${sep}"${name}":${valueJson}}`
 }
 
-/** The `gateway_usage` member's JSON: the charge, the balance after it, the key it was charged to. */
+/**
+ * The `gateway_usage` member's JSON: the credits charged and the tokens they were for (prompt +
+ * completion; the spec's clients read `tokens_charged`), the cached and reasoning tokens among
+ * them, the balance after the charge, the key it was charged to. Nulls when unknown.
+ */
 export function gatewayUsageJson(
-  charged: number | null | undefined,
-  balanceAfter: number | null | undefined,
+  charged: ReportedCharge | null | undefined,
+  usage: Usage | null | undefined,
   keyPrefix: string,
 ): string {
   return JSON.stringify({
-    tokens_charged: charged ?? null,
-    user_balance_after: balanceAfter ?? null,
+    credits_charged: charged?.credits ?? null,
+    tokens_charged: usage ? tokens(usage.promptTokens) + tokens(usage.completionTokens) : null,
+    cached_tokens: usage ? tokens(usage.cachedTokens ?? 0) : null,
+    reasoning_tokens: usage ? tokens(usage.reasoningTokens ?? 0) : null,
+    user_balance_after: charged?.balanceAfter ?? null,
     user_api_key: keyPrefix,
   })
 }

@@ -25,10 +25,43 @@ export interface Hold {
   balance: number
   /** Credits neither spent nor held once this hold was placed. */
   available_credits: number
-  /** The multipliers the hold is priced at, as exact decimal text (see credits.ts). */
+  /** When the sweeper may release the hold (admission + the request's lifetime or more). */
+  expires_at: string
+  /** What the settle will charge by (credits.ts reports it without waiting). */
+  pricing: Pricing
+  limits?: Limits
+}
+
+/** One candidate's prices as the hold keeps them; numbers as exact decimal text (credits.ts). */
+export interface Price {
+  model: string
+  catalog_id: string | null
+  canonical_slug: string | null
+  /** USD per token. */
+  prompt: string
+  completion: string
+  input_cache_read: string
+  input_cache_write: string
+  internal_reasoning: string
+  /** USD per request, per web search, per input image. */
+  request: string
+  web_search: string
+  image: string
+  /** Credits per token (flat mode; cost mode: a fixed selling price). */
   prompt_multiplier: string
   completion_multiplier: string
-  limits?: Limits
+  markup_percent: string
+  fixed: boolean
+  by_cost: boolean
+  free: boolean
+}
+
+/** begin_request's `pricing`: the mode, the candidates in order, the dearest of each category. */
+export interface Pricing {
+  mode: 'flat' | 'cost'
+  usd_per_credit: string
+  candidates: Price[]
+  dearest: Price
 }
 
 /** Admission's answer when it refuses: `reason` is the machine code (refusals.ts maps it to HTTP). */
@@ -36,6 +69,10 @@ export interface Refusal {
   ok: false
   reason: string
   message?: string
+  /** The candidate refused (model_not_found, model_not_available, pricing_unavailable). */
+  model?: string
+  /** insufficient_credits: what the request's worst case of one completion token costs. */
+  needed_credits?: number
   retry_after_seconds?: number
   window?: string
   limits?: Limits
@@ -59,7 +96,16 @@ export interface Usage {
   model: string
   promptTokens: number
   completionTokens: number
-  cost: number | null
+  /** Parts of promptTokens: read from the cache, written to it. */
+  cachedTokens?: number
+  cacheWriteTokens?: number
+  /** Part of completionTokens. */
+  reasoningTokens?: number
+  webSearchRequests?: number
+  /** Input images sent (billed per image where the catalog prices them). */
+  images?: number
+  /** OpenRouter's usage.cost, USD, as the exact decimal text it sent; null when not reported. */
+  cost: string | null
   generationId: string | null
   settledBy: SettledBy
   outcome: Outcome

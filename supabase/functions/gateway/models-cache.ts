@@ -161,6 +161,24 @@ async function sync(): Promise<void> {
   await load()
 }
 
+/**
+ * Refreshes the catalog from upstream if the stored copy is older than `seconds` (or there is
+ * none); true when it did, false when the copy is recent or the refresh failed. For admission: a
+ * model added upstream since the last refresh is priced within a minute of its first request.
+ */
+export async function refreshIfOlderThan(seconds: number): Promise<boolean> {
+  if (Date.now() - lastFailureAt < RETRY_AFTER_FAILURE_MS) return false
+  try {
+    const meta = await cacheMeta()
+    const age = ageSeconds(meta)
+    if (age !== null && age < seconds) return false
+    await refresh()
+    return true
+  } catch {
+    return false
+  }
+}
+
 /** The catalog to serve now, and whether it is fresh. 503 when there has never been one. */
 export async function catalog(): Promise<{ catalog: Catalog; status: Freshness }> {
   if (Date.now() - checkedAt >= RECHECK_MS) {

@@ -12,9 +12,14 @@ import { generationStats } from './upstream.ts'
 export interface LostUsage {
   model: string
   generationId: string | null
-  /** Our own count, the last resort: prompt estimate and streamed content chunks. */
+  /**
+   * Our own count, the last resort: the prompt bound (what upstream can have billed at most: the
+   * operator paid it) and the streamed content chunks.
+   */
   countedPromptTokens: number
   countedCompletionTokens: number
+  /** Input images sent (billed per image where the catalog prices them). */
+  images: number
   outcome: Outcome
   latencyMs: number
 }
@@ -37,6 +42,10 @@ export function settleWithoutUsage(hold: Hold, lost: LostUsage): Promise<Settlem
               model: lost.model,
               promptTokens: stats.promptTokens,
               completionTokens: stats.completionTokens,
+              cachedTokens: stats.cachedTokens,
+              reasoningTokens: stats.reasoningTokens,
+              webSearchRequests: stats.webSearchRequests,
+              images: lost.images,
               cost: stats.cost,
               generationId: lost.generationId,
               settledBy: 'generation',
@@ -50,6 +59,7 @@ export function settleWithoutUsage(hold: Hold, lost: LostUsage): Promise<Settlem
         model: lost.model,
         promptTokens: lost.countedPromptTokens,
         completionTokens: lost.countedCompletionTokens,
+        images: lost.images,
         cost: null,
         generationId: lost.generationId,
         settledBy: 'stream_count',

@@ -1,11 +1,15 @@
-// Admission's answers as HTTP: a refusal's reason → its status (401/402/403/429) and Retry-After, and
+// Admission's answers as HTTP: a refusal's reason → its status (400/401/402/403/429/503) and
+// Retry-After, with a message that names what was refused, and
 // the rate windows it reports → the x-ratelimit-* headers OpenAI clients read (on refusals and on
 // admitted requests alike).
 
 import { ApiError } from './errors.ts'
 import type { Limits, Refusal } from './hold.ts'
 
-const REFUSAL_STATUS: Record<string, 401 | 402 | 403 | 429> = {
+const REFUSAL_STATUS: Record<string, 400 | 401 | 402 | 403 | 429 | 503> = {
+  model_not_found: 400,
+  model_not_available: 403,
+  pricing_unavailable: 503,
   invalid_api_key: 401,
   key_inactive: 401,
   key_expired: 401,
@@ -32,6 +36,25 @@ export function rateLimitHeaders(limits: Limits | undefined): Record<string, str
   return headers
 }
 
+/** The message of a refusal: SQL's (it names the model, or the credits needed), else a default. */
+function refusalMessage(r: Refusal): string {
+  if (r.message) return r.message
+  const model = r.model ? JSON.stringify(r.model) : 'the model requested'
+  switch (r.reason) {
+    case 'model_not_found':
+      return `Model ${model} is not in the model catalog`
+    case 'model_not_available':
+      return `Model ${model} is not available on this gateway`
+    case 'pricing_unavailable':
+      return 'The model catalog has not been loaded yet, so no request can be priced; retry shortly'
+    case 'insufficient_credits':
+      return r.needed_credits != null
+        ? `Insufficient credits: this request needs at least ${r.needed_credits} credits`
+        : 'Insufficient credits'
+  }
+  return 'Request refused'
+}
+
 /** The error a refused admission is answered with (an unknown reason is a 403). */
 export function refusalError(r: Refusal): ApiError {
   const status = REFUSAL_STATUS[r.reason] ?? 403
@@ -39,5 +62,10 @@ export function refusalError(r: Refusal): ApiError {
   if (status === 429) {
     headers['retry-after'] = String(Math.max(1, Math.ceil(r.retry_after_seconds ?? 1)))
   }
-  return new ApiError(status, r.message ?? 'Request refused', { code: r.reason, headers })
+  if (status === 503) headers['retry-after'] = '5'
+  return new ApiError(status, refusalMessage(r), {
+    code: r.reason,
+    headers,
+    ...(r.reason === 'model_not_found' ? { param: 'model' } : {}),
+  })
 }

@@ -2,7 +2,9 @@
 // its admission's round trip (docs/PERFORMANCE.md, "Reserved admissions").
 //
 // A context is everything a request's admission depends on: the key (its hash), the client's address,
-// the referrer, the model and the requested max_tokens. Once a context is busy (`reserveAfter`
+// the referrer, and the request's facts but for its prompt bound (the candidates, parts, web results,
+// max_tokens, lifetime); a reservation is made for a prompt bound rounded up to a power of two and
+// serves the requests whose bound is at most that. Once a context is busy (`reserveAfter`
 // admissions within about four lifetimes, `reserveMs` each) and its last admission shows ample room
 // (credits, rate windows), `gateway.reserve_admissions` admits ahead half as many again as its recent
 // rate would use in one lifetime (at most `reserveCount`), each by begin_request itself: counted in
@@ -22,21 +24,15 @@ import { toHex } from '../_shared/keys.ts'
 import { describe, inBackground, keepWorker } from './background.ts'
 import { config } from './config.ts'
 import { call, onAdmissionChange } from './db.ts'
+import type { RequestFacts } from './chat-request.ts'
 import type { BeginResult, Hold } from './hold.ts'
 import type { Caller } from './identity.ts'
 import { log } from './log.ts'
 
-/** What the admissions of one context depend on, besides the prompt estimate. */
-export interface Context {
-  who: Caller
-  model: string
-  maxTokens: number | null
-}
-
 interface Reserved {
   hold: Hold
-  /** The prompt estimate it was admitted for: it serves requests whose estimate is at most that. */
-  promptTokens: number
+  /** The prompt bound it was admitted for: it serves requests whose bound is at most that. */
+  promptBound: number
   expiresAt: number
 }
 
@@ -70,40 +66,40 @@ const pools = new Map<string, Pool>()
 /** Which pool a reserved hold came from, while its request runs. */
 const origin = new WeakMap<Hold, Pool>()
 
-function contextKey(c: Context): string {
-  return `${toHex(c.who.keyHash)}|${c.who.ip ?? ''}|${c.who.referrer ?? ''}|${c.model}|${
-    c.maxTokens ?? ''
+function contextKey(who: Caller, f: RequestFacts): string {
+  return `${toHex(who.keyHash)}|${who.ip ?? ''}|${who.referrer ?? ''}|${
+    JSON.stringify([f.models, f.parts, f.web_results, f.max_tokens, f.lifetime_seconds])
   }`
 }
 
-/** The prompt estimate a reservation is made for: the request's, rounded up to a power of two. */
-function promptBucket(promptTokens: number): number {
-  return 2 ** Math.ceil(Math.log2(Math.max(16, promptTokens)))
+/** The prompt bound a reservation is made for: the request's, rounded up to a power of two. */
+function promptBucket(promptBound: number): number {
+  return Math.min(2 ** 31 - 1, 2 ** Math.ceil(Math.log2(Math.max(16, promptBound))))
 }
 
 /**
  * A reserved admission for this request, if its context holds one it fits; undefined otherwise (the
  * request is then admitted by SQL, and `admitted` is told the answer).
  */
-export function take(c: Context, promptTokens: number): Hold | undefined {
+export function take(who: Caller, facts: RequestFacts): Hold | undefined {
   if (config.reserveCount === 0) return undefined
-  const pool = pools.get(contextKey(c))
+  const pool = pools.get(contextKey(who, facts))
   if (!pool) return undefined
   const now = Date.now()
   busy(pool, now)
-  const i = pool.reserved.findIndex((r) => r.expiresAt > now && r.promptTokens >= promptTokens)
+  const i = pool.reserved.findIndex((r) => r.expiresAt > now && r.promptBound >= facts.prompt_bound)
   if (i < 0) return undefined
   const [r] = pool.reserved.splice(i, 1)
   r.hold.balance = pool.balance
   origin.set(r.hold, pool)
-  if (low(pool)) reserve(c, pool, r.hold, r.promptTokens)
+  if (low(pool)) reserve(who, facts, pool, r.hold, r.promptBound)
   return r.hold
 }
 
 /** Told every admission SQL answered for a request (not a reserved one), admitted or refused. */
-export function admitted(c: Context, promptTokens: number, answer: BeginResult): void {
+export function admitted(who: Caller, facts: RequestFacts, answer: BeginResult): void {
   if (config.reserveCount === 0) return
-  const key = contextKey(c)
+  const key = contextKey(who, facts)
   let pool = pools.get(key)
   if (!answer.ok) {
     // Whatever refused this request (a revoked key, a limit, the credits) would refuse what is
@@ -127,7 +123,7 @@ export function admitted(c: Context, promptTokens: number, answer: BeginResult):
     pools.set(key, pool)
   }
   busy(pool, now)
-  if (low(pool)) reserve(c, pool, answer, promptBucket(promptTokens))
+  if (low(pool)) reserve(who, facts, pool, answer, promptBucket(facts.prompt_bound))
 }
 
 /** The charge a response reported for a reserved admission: the next one reports a balance after it. */
@@ -187,43 +183,47 @@ function low(pool: Pool, now = Date.now()): boolean {
   return lasting <= size(pool, now) / 2
 }
 
-function roomFor(answer: Hold, promptTokens: number, count: number): boolean {
+function roomFor(answer: Hold, promptBound: number, count: number): boolean {
   const n = HEADROOM * count
   const { requests, tokens } = answer.limits ?? {}
   return answer.available_credits >= n * answer.held_credits &&
     (requests?.remaining == null || requests.remaining >= n) &&
-    (tokens?.remaining == null || tokens.remaining >= n * (answer.max_tokens + promptTokens))
+    (tokens?.remaining == null || tokens.remaining >= n * (answer.max_tokens + promptBound))
 }
 
-function reserve(c: Context, pool: Pool, last: Hold, promptTokens: number): void {
+function reserve(
+  who: Caller,
+  facts: RequestFacts,
+  pool: Pool,
+  last: Hold,
+  promptBound: number,
+): void {
   const now = Date.now()
   const count = size(pool)
   if (
     unloading || pool.reserving || reservingCalls >= MAX_RESERVING || !isBusy(pool) ||
     now < pool.coolUntil ||
-    !roomFor(last, promptTokens, count)
+    !roomFor(last, promptBound, count)
   ) return
   pool.reserving = true
   reservingCalls++
   const epoch = pool.epoch
   inBackground(
     call<BeginResult[]>('reserve_admissions', [
-      c.who.keyHash,
-      c.who.ip,
-      c.who.referrer,
-      c.model,
-      c.maxTokens,
-      promptTokens,
+      who.keyHash,
+      who.ip,
+      who.referrer,
+      { ...facts, prompt_bound: promptBound },
       count,
     ]).then((answers) => {
       const expiresAt = Date.now() + config.reserveMs
       if (pool.epoch !== epoch) {
         // Given back while in flight (a refusal, a key change): these were admitted before it.
         const ok = answers.filter((a): a is BeginResult & Hold => a.ok)
-        return cancel(ok.map((hold) => ({ hold, promptTokens, expiresAt })), 'given back')
+        return cancel(ok.map((hold) => ({ hold, promptBound, expiresAt })), 'given back')
       }
       for (const a of answers) {
-        if (a.ok) pool.reserved.push({ hold: a, promptTokens, expiresAt })
+        if (a.ok) pool.reserved.push({ hold: a, promptBound, expiresAt })
       }
       // Fewer than asked: something (a window, the cap, the credits) is close to its end. Let the
       // context's requests go to SQL one by one for a while.

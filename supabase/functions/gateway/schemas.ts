@@ -380,10 +380,21 @@ export const ModelsRefreshed = z.object({
 // ---- chat -----------------------------------------------------------------------------------
 
 export const GatewayUsage = z.object({
-  tokens_charged: z.number().nullable().openapi({
-    description: 'Credits charged for this request',
+  credits_charged: z.number().int().nullable().openapi({
+    description: 'Credits charged for this request (null when the usage is not known yet)',
   }),
-  user_balance_after: z.number().nullable(),
+  tokens_charged: z.number().int().nullable().openapi({
+    description: 'Tokens the charge is for: prompt + completion',
+  }),
+  cached_tokens: z.number().int().nullable().openapi({
+    description: 'Prompt tokens read from the provider\'s cache (part of the prompt)',
+  }),
+  reasoning_tokens: z.number().int().nullable().openapi({
+    description: 'Reasoning tokens (part of the completion)',
+  }),
+  user_balance_after: z.number().int().nullable().openapi({
+    description: 'The balance after this charge, as of admission',
+  }),
   user_api_key: maskedKey,
 }).openapi('GatewayUsage')
 
@@ -403,7 +414,18 @@ export const ChatCompletion = z.looseObject({
     prompt_tokens: z.number(),
     completion_tokens: z.number(),
     total_tokens: z.number(),
-    cost: z.number().optional().openapi({ description: "OpenRouter's cost, USD" }),
+    cost: z.number().nullable().openapi({
+      description: 'What this request costs the client, USD: credits charged × USD per credit ' +
+        '(not the upstream cost)',
+    }),
+    cost_details: z.null().openapi({ description: 'Always null: upstream costs are not shown' }),
+    prompt_tokens_details: z.looseObject({
+      cached_tokens: z.number().int().optional(),
+      cache_write_tokens: z.number().int().optional(),
+    }).nullable().optional(),
+    completion_tokens_details: z.looseObject({
+      reasoning_tokens: z.number().int().nullable().optional(),
+    }).nullable().optional(),
   }),
   gateway_usage: GatewayUsage,
 }).openapi('ChatCompletion', {

@@ -9,7 +9,7 @@ import { Batcher } from './batcher.ts'
 import { config } from './config.ts'
 import { call } from './db.ts'
 import { ApiError } from './errors.ts'
-import { charge } from './gateway-usage.ts'
+import { charge, type ReportedCharge, settled as settledCharge } from './gateway-usage.ts'
 import { type Hold, type Outcome, type SettledBy, tokens, type Usage } from './hold.ts'
 import { log } from './log.ts'
 import { closed } from './open-holds.ts'
@@ -19,12 +19,20 @@ export interface Settlement {
   settled: boolean
   credits_charged?: number
   balance_after?: number
+  /** Credits charged above the hold (charged in full; gateway.overruns lists them). */
+  overrun_credits?: number
+  /** What upstream cost, USD decimal text (usage.cost, else computed from the hold's prices). */
+  upstream_usd?: string
+  /** The hold had expired: the charge was posted all the same. */
+  late?: boolean
   reason?: string
 }
 
 // A settle that cannot reach the database keeps trying in background for about two minutes (well
 // within the hold timeout, after which the sweeper would release the hold unbilled).
 const RETRY_DELAYS_MS = [100, 500, 2_000, 5_000, 15_000, 30_000, 60_000]
+/** How long a settle may keep retrying (a request's lifetime includes it: completions.ts). */
+export const SETTLE_RETRY_MS = RETRY_DELAYS_MS.reduce((a, b) => a + b, 0)
 
 async function withRetries<T>(what: string, attempt: () => Promise<T>): Promise<T> {
   for (let i = 0;; i++) {
@@ -40,13 +48,19 @@ async function withRetries<T>(what: string, attempt: () => Promise<T>): Promise<
   }
 }
 
-/** settle_request's arguments, named as settle_requests takes them. */
+/** settle_request's usage (docs/SQL-API.md), with the hold's id as settle_requests takes it. */
 interface SettleArgs {
   hold_id: number
   model: string
   prompt_tokens: number
   completion_tokens: number
-  upstream_cost: number | null
+  cached_tokens: number
+  cache_write_tokens: number
+  reasoning_tokens: number
+  web_search_requests: number
+  images: number
+  /** USD, exact decimal text as upstream sent it (a JSON number would go through a double). */
+  cost: string | null
   status: Outcome
   latency_ms: number
   generation_id: string | null
@@ -70,19 +84,9 @@ const settlements = new Batcher<SettleArgs, Settlement>({
     if (batch.length > 1) {
       return withRetries('settle_requests', () => call<Settlement[]>('settle_requests', [batch]))
     }
-    const a = batch[0]
-    return withRetries('settle_request', () =>
-      call<Settlement>('settle_request', [
-        a.hold_id,
-        a.model,
-        a.prompt_tokens,
-        a.completion_tokens,
-        a.upstream_cost,
-        a.status,
-        a.latency_ms,
-        a.generation_id,
-        a.settled_by,
-      ])).then((s) => [s])
+    const { hold_id, ...usage } = batch[0]
+    return withRetries('settle_request', () => call<Settlement>('settle_request', [hold_id, usage]))
+      .then((s) => [s])
   },
 })
 
@@ -101,8 +105,8 @@ export function settle(
   usage: Usage,
   logged = false,
 ): Promise<Settlement | undefined> {
-  const reported = charge(hold, usage).credits
-  reservations.charged(hold, reported)
+  const reported = charge(hold, usage)?.credits
+  if (reported !== undefined) reservations.charged(hold, reported)
   return inBackground(
     (async () => {
       // A hold that is a large part of what the account has left is settled without lingering:
@@ -113,18 +117,23 @@ export function settle(
         model: usage.model,
         prompt_tokens: tokens(usage.promptTokens),
         completion_tokens: tokens(usage.completionTokens),
-        upstream_cost: usage.cost,
+        cached_tokens: tokens(usage.cachedTokens ?? 0),
+        cache_write_tokens: tokens(usage.cacheWriteTokens ?? 0),
+        reasoning_tokens: tokens(usage.reasoningTokens ?? 0),
+        web_search_requests: tokens(usage.webSearchRequests ?? 0),
+        images: tokens(usage.images ?? 0),
+        cost: usage.cost,
         status: usage.outcome,
         latency_ms: tokens(usage.latencyMs),
         generation_id: usage.generationId,
         settled_by: usage.settledBy,
       }, urgent)
-      if (s.settled && s.credits_charged !== reported) {
+      if (s.settled && reported !== undefined && s.credits_charged !== reported) {
         // Never expected (a test pins credits.ts to SQL); if it happens, the books are right (SQL
         // charged) but a response reported another figure.
         log('error', 'settle charged other than reported', { hold_id: hold.hold_id })
       }
-      if (logged && s.settled) return s
+      if (logged && s.settled && !s.overrun_credits && !s.late) return s
       log('info', 'settled', {
         hold_id: hold.hold_id,
         user_id: hold.user_id,
@@ -135,6 +144,8 @@ export function settle(
         prompt_tokens: usage.promptTokens,
         completion_tokens: usage.completionTokens,
         credits_charged: s.credits_charged,
+        overrun_credits: s.overrun_credits || undefined,
+        late: s.late || undefined,
         latency_ms: usage.latencyMs,
         repeated: s.settled ? undefined : s.reason,
       })
@@ -151,4 +162,23 @@ export function voidHold(hold: Hold, reason: string): Promise<unknown> {
       .finally(() => closed(hold)),
     'void_request',
   )
+}
+
+/**
+ * Settles in background and says what it charges: computed from the hold without waiting (one
+ * committed round trip saved; the balance after it is as of admission), or, when only the settle
+ * can know (openrouter/auto served a model outside the candidates), from the settle itself.
+ */
+export async function reportedCharge(
+  hold: Hold,
+  usage: Usage,
+  logged = false,
+): Promise<ReportedCharge | undefined> {
+  const settling = settle(hold, usage, logged)
+  const known = charge(hold, usage)
+  if (known) return known
+  const s = await settling
+  return s?.settled && s.credits_charged !== undefined
+    ? settledCharge(hold, s.credits_charged)
+    : undefined
 }

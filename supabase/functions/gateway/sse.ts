@@ -2,8 +2,8 @@
 // they arrive (one complete event at a time, sse-events.ts; keep-alive comments too), except two that
 // are held back: the usage chunk (`choices: []`, `usage`) and `data: [DONE]`. When upstream ends, the
 // hold is settled from that usage (in background) and the usage chunk goes out at once with
-// `gateway_usage` added (the charge that settle makes, computed from the hold: gateway-usage.ts),
-// then [DONE].
+// its `cost` the client's (credits × usd_per_credit) and `gateway_usage` added (the charge that
+// settle makes, computed from the hold: gateway-usage.ts), then [DONE].
 //
 // The stream is pull-based (highWaterMark 0): upstream is read only as fast as the client reads.
 // If the client goes away, `cancel` aborts upstream (stops spending) and settles in background from
@@ -11,10 +11,16 @@
 // broken upstream stream (cut, malformed event, idle too long) ends with an OpenAI-style error event
 // and is settled the same way. Exactly one settle or none is started per stream (`#finished`).
 
-import { appendMember, charge, gatewayUsageJson } from './gateway-usage.ts'
+import {
+  appendMember,
+  gatewayUsageJson,
+  readUsage,
+  usageCounts,
+  withClientUsage,
+} from './gateway-usage.ts'
 import type { Hold, Outcome, Usage } from './hold.ts'
 import { settleWithoutUsage } from './recovery.ts'
-import { settle } from './settlement.ts'
+import { reportedCharge, settle } from './settlement.ts'
 import { MalformedEvent, UpstreamEvents } from './sse-events.ts'
 import type { UpstreamCall } from './upstream.ts'
 
@@ -22,7 +28,10 @@ export interface StreamMeta {
   hold: Hold
   /** The model the hold was begun for (billing falls back to it when upstream names none). */
   model: string
-  promptEstimate: number
+  /** The request's prompt bound: the last-resort count of its prompt (recovery.ts). */
+  promptBound: number
+  /** Input images sent (billed per image where the catalog prices them). */
+  images: number
   generationId: string | null
   startedAt: number
   call: UpstreamCall
@@ -65,7 +74,7 @@ export class MeteredStream extends UpstreamEvents {
       let out: string
       try {
         read = await this.#read()
-        if (read.done) return this.#end(c)
+        if (read.done) return await this.#end(c)
         out = this.feed(this.#decoder.decode(read.value, { stream: true }))
       } catch (err) {
         return this.#fail(c, err)
@@ -100,34 +109,44 @@ export class MeteredStream extends UpstreamEvents {
     return Date.now() - this.#meta.startedAt
   }
 
+  /** The usage upstream reported (its usage chunk, read exactly), as a settle takes it. */
+  #reported(outcome: Outcome): Usage | undefined {
+    const read = this.usageData ? readUsage(this.usageData) : undefined
+    if (!read) return undefined
+    const counts = usageCounts(read.usage, read.costText)
+    return {
+      ...counts,
+      model: this.#billedModel(),
+      promptTokens: counts.promptTokens ?? this.#meta.promptBound,
+      completionTokens: counts.completionTokens ?? this.contentChunks,
+      images: this.#meta.images,
+      generationId: this.generationId,
+      settledBy: 'usage',
+      outcome,
+      latencyMs: this.#elapsed(),
+    }
+  }
+
   /** Settles in background from what is known; the caller has set #finished. */
   #settleKnown(outcome: Outcome): void {
-    const usage = this.usage
+    const usage = this.#reported(outcome)
     if (usage) {
-      settle(this.#meta.hold, {
-        model: this.#billedModel(),
-        promptTokens: usage.prompt_tokens ?? this.#meta.promptEstimate,
-        completionTokens: usage.completion_tokens ?? this.contentChunks,
-        cost: typeof usage.cost === 'number' ? usage.cost : null,
-        generationId: this.generationId,
-        settledBy: 'usage',
-        outcome,
-        latencyMs: this.#elapsed(),
-      })
+      settle(this.#meta.hold, usage)
       return
     }
     settleWithoutUsage(this.#meta.hold, {
       model: this.#billedModel(),
       generationId: this.generationId,
-      countedPromptTokens: this.#meta.promptEstimate,
+      countedPromptTokens: this.#meta.promptBound,
       countedCompletionTokens: this.contentChunks,
+      images: this.#meta.images,
       outcome,
       latencyMs: this.#elapsed(),
     })
   }
 
   /** Upstream finished: settle from its usage, then send the usage chunk and [DONE]. */
-  #end(c: ReadableStreamDefaultController<Uint8Array>): void {
+  async #end(c: ReadableStreamDefaultController<Uint8Array>): Promise<void> {
     if (this.#finished) return
     let tail: string
     try {
@@ -137,30 +156,20 @@ export class MeteredStream extends UpstreamEvents {
     }
     this.#finished = true
     this.#meta.call.done()
-    const usage = this.usage
-    if (!usage || !this.usageData) {
-      this.#settleKnown(this.sawError ? 'upstream_error' : 'success')
+    const outcome = this.sawError ? 'upstream_error' : 'success'
+    const settled = this.#reported(outcome)
+    const read = this.usageData ? readUsage(this.usageData) : undefined
+    if (!settled || !read || !this.usageData) {
+      this.#settleKnown(outcome)
       this.#close(c, tail + (this.sawError ? '' : DONE))
       return
     }
-    const settled: Usage = {
-      model: this.#billedModel(),
-      promptTokens: usage.prompt_tokens ?? this.#meta.promptEstimate,
-      completionTokens: usage.completion_tokens ?? this.contentChunks,
-      cost: typeof usage.cost === 'number' ? usage.cost : null,
-      generationId: this.generationId,
-      settledBy: 'usage',
-      outcome: this.sawError ? 'upstream_error' : 'success',
-      latencyMs: this.#elapsed(),
-    }
-    // The usage chunk does not wait for the settle: it reports the charge the settle will make.
-    settle(this.#meta.hold, settled)
-    const { credits, balanceAfter } = charge(this.#meta.hold, settled)
-    const gatewayUsage = gatewayUsageJson(credits, balanceAfter, this.#meta.hold.key_prefix)
-    this.#close(
-      c,
-      `${tail}data: ${appendMember(this.usageData, 'gateway_usage', gatewayUsage)}\n\n${DONE}`,
-    )
+    // The usage chunk does not wait for the settle: it reports the charge the settle will make
+    // (unless only the settle can know it: reportedCharge).
+    const reported = await reportedCharge(this.#meta.hold, settled)
+    const gatewayUsage = gatewayUsageJson(reported, settled, this.#meta.hold.key_prefix)
+    const chunk = withClientUsage(this.usageData, read.usage, reported?.usd ?? null)
+    this.#close(c, `${tail}data: ${appendMember(chunk, 'gateway_usage', gatewayUsage)}\n\n${DONE}`)
   }
 
   /** Upstream broke (cut, malformed, idle): tell the client in-stream, settle what is known. */

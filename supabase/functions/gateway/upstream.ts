@@ -5,6 +5,7 @@
 
 import { maskKeysIn } from '../_shared/keys.ts'
 import { config } from './config.ts'
+import { costText, parseWithSources } from './gateway-usage.ts'
 import { ApiError } from './errors.ts'
 
 const base = config.openRouterBaseUrl
@@ -69,9 +70,14 @@ export class UpstreamCall {
 
 export interface GenerationStats {
   model: string | null
+  /** Native counts (the provider's tokenizer, what OpenRouter bills). */
   promptTokens: number
   completionTokens: number
-  cost: number | null
+  cachedTokens: number
+  reasoningTokens: number
+  webSearchRequests: number
+  /** total_cost, USD, exact decimal text as sent. */
+  cost: string | null
 }
 
 /** OpenRouter's stats for a finished generation, or null while they are not (yet) available. */
@@ -84,17 +90,29 @@ export async function generationStats(id: string): Promise<GenerationStats | nul
     await res.body?.cancel()
     return null
   }
-  const doc = await res.json().catch(() => null)
-  const d = doc?.data
+  const text = await res.text().catch(() => '')
+  let parsed: ReturnType<typeof parseWithSources>
+  try {
+    parsed = parseWithSources(text, 'total_cost')
+  } catch {
+    return null
+  }
+  // deno-lint-ignore no-explicit-any -- OpenRouter's GenerationResponse; a few fields are read
+  const d = (parsed.value as any)?.data
   if (!d) return null
   const prompt = d.native_tokens_prompt ?? d.tokens_prompt
   const completion = d.native_tokens_completion ?? d.tokens_completion
   if (!Number.isFinite(prompt) || !Number.isFinite(completion)) return null
+  const n = (x: unknown) => (typeof x === 'number' && Number.isFinite(x) && x > 0 ? x : 0)
   return {
     model: typeof d.model === 'string' ? d.model : null,
     promptTokens: prompt,
     completionTokens: completion,
-    cost: Number.isFinite(d.total_cost) ? d.total_cost : null,
+    cachedTokens: n(d.native_tokens_cached),
+    reasoningTokens: n(d.native_tokens_reasoning),
+    // One search per request that searched (the web plugin's, or the model's own).
+    webSearchRequests: d.web_search_engine || n(d.num_search_results) > 0 ? 1 : 0,
+    cost: costText(parsed.sourceOf(d)),
   }
 }
 
