@@ -387,7 +387,7 @@ export const GatewayUsage = z.object({
     description: 'Tokens the charge is for: prompt + completion',
   }),
   cached_tokens: z.number().int().nullable().openapi({
-    description: 'Prompt tokens read from the provider\'s cache (part of the prompt)',
+    description: "Prompt tokens read from the provider's cache (part of the prompt)",
   }),
   reasoning_tokens: z.number().int().nullable().openapi({
     description: 'Reasoning tokens (part of the completion)',

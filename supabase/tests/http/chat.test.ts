@@ -29,10 +29,16 @@ test("non-stream: OpenRouter's JSON plus gateway_usage; the balance drops by exa
   assert.equal(res.json.choices[0].message.content.split(' ').length - 1, 7)
   assert.deepEqual(res.json.usage.total_tokens, tokens)
   assert.deepEqual(res.json.gateway_usage, {
+    credits_charged: tokens,
     tokens_charged: tokens,
+    cached_tokens: 0,
+    reasoning_tokens: 0,
     user_balance_after: 1000 - tokens,
     user_api_key: `${a.key.slice(0, 12)}…`,
   })
+  // usage.cost is what the client pays (credits × usd_per_credit 0.00002), not upstream's cost.
+  assert.equal(res.text.match(/"cost":([0-9.e-]+)/)![1], String(tokens * 2 / 100_000))
+  assert.equal(res.json.usage.cost_details, null)
   // The settle runs after the response: wait for it to land, then the books must match exactly.
   const u = await settled(a.userId)
   assert.deepEqual(await balance(a.userId), { balance: 1000 - tokens, held: 0 })
@@ -58,10 +64,15 @@ test('stream: chunks pass through; the usage chunk carries gateway_usage, then [
   const tokens = g.prompt_tokens + g.completion_tokens
   assert.equal(last.usage.total_tokens, tokens)
   assert.deepEqual(last.gateway_usage, {
+    credits_charged: tokens,
     tokens_charged: tokens,
+    cached_tokens: 0,
+    reasoning_tokens: 0,
     user_balance_after: 1000 - tokens,
     user_api_key: `${a.key.slice(0, 12)}…`,
   })
+  assert.equal(last.usage.cost, tokens * 2 / 100_000)
+  assert.equal(last.usage.cost_details, null)
   // Only the last chunk has gateway_usage; the keep-alive comment came through too.
   assert.equal(chunks.filter((c) => c.gateway_usage).length, 1)
   assert.match(res.text, /^: OPENROUTER PROCESSING/)
@@ -85,7 +96,7 @@ test("upstream gets the operator key and app attribution, never the client's key
 })
 
 test("OpenRouter fields beyond OpenAI's pass through; max_tokens is capped to what the hold covers", async () => {
-  const a = await newAccount(100)
+  const a = await newAccount(1000)
   const extra = {
     tools: [{ type: 'function', function: { name: 'f', parameters: { type: 'object' } } }],
     response_format: { type: 'json_object' },
@@ -100,8 +111,11 @@ test("OpenRouter fields beyond OpenAI's pass through; max_tokens is capped to wh
   assert.equal(res.status, 200, res.text)
   const { body } = await simLastReceived()
   for (const [k, v] of Object.entries(extra)) assert.deepEqual(body[k], v, k)
-  // 100 credits, prompt estimate 9 (3 + 4 + ⌈5/4⌉): the hold affords 91 completion tokens.
-  assert.equal(body.max_tokens, 91)
+  // 1,000 credits at 1 credit a token (flat mode), less the prompt bound (the body's bytes as it
+  // goes upstream, tools and all): the rest is what the hold affords of completion tokens.
+  const u = await settled(a.userId)
+  assert.ok(u.facts.prompt_bound >= new TextEncoder().encode(JSON.stringify(body)).length)
+  assert.equal(body.max_tokens, 1000 - u.facts.prompt_bound)
   assert.equal(res.headers.get('x-ratelimit-remaining-requests') !== null, true)
 })
 

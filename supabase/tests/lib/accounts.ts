@@ -76,16 +76,28 @@ export interface UsageRecord {
   settled_by: string
   generation_id: string | null
   note: string | null
+  /** The request's facts the hold was sized from (prompt_bound, images, …, web_results). */
+  facts: Record<string, number>
+  cached_tokens: number
+  cache_write_tokens: number
+  reasoning_tokens: number
+  web_search_requests: number
+  /** USD, decimal text: usage.cost as reported, else computed from the price charged. */
+  upstream_usd: string | null
+  overrun_credits: number
+  pricing_mode: string | null
 }
 
 /** The usage records of an account, newest first. */
 export async function usageRecords(userId: number): Promise<UsageRecord[]> {
   const rows = await db()`
     select hold_id, model, prompt_tokens, completion_tokens, credits_charged, credits_held, status,
-           settled_by, generation_id, note
+           settled_by, generation_id, note, facts, cached_tokens, cache_write_tokens,
+           reasoning_tokens, web_search_requests, upstream_usd::text, overrun_credits, pricing_mode
       from gateway.usage_records where account_id = ${userId} order by hold_id desc`
   return rows.map((r) => ({
     ...r,
+    overrun_credits: Number(r.overrun_credits),
     hold_id: Number(r.hold_id),
     credits_charged: Number(r.credits_charged),
     credits_held: Number(r.credits_held),

@@ -7,7 +7,7 @@ import assert from 'node:assert/strict'
 import fc from 'fast-check'
 import {
   type ChatCompletionRequest,
-  estimatePromptTokens,
+  requestFacts,
   topLevelMembers,
   upstreamBody,
 } from '../../functions/gateway/chat-request.ts'
@@ -97,12 +97,48 @@ Deno.test('upstreamBody: a name the client repeats is forwarded as written, the 
   )
 })
 
-Deno.test('estimatePromptTokens counts UTF-8 bytes: 3 + Σ(4 + ⌈bytes / 4⌉)', () => {
-  const messages = [
-    { role: 'user', content: 'abcd' }, // 4 bytes: 4 + 1
-    { role: 'user', content: 'é中😀' }, // 2 + 3 + 4 = 9 bytes: 4 + 3
-    { role: 'user', content: [{ type: 'text', text: 'abcde' }, { type: 'image_url' }] }, // 4 + 2
-    { role: 'assistant', content: null }, // 4 + 0
-  ] as ChatCompletionRequest['messages']
-  assert.equal(estimatePromptTokens(messages), 3 + 5 + 7 + 6 + 4)
+Deno.test('requestFacts: the byte bound of the body as it goes upstream, parts, candidates, web results', () => {
+  const image = `data:image/png;base64,${'A'.repeat(4000)}`
+  const audio = 'B'.repeat(2000)
+  const body = {
+    model: 'openai/gpt-4o~len-3',
+    models: ['openai/gpt-4o', 'anthropic/claude-opus-4:online~fault-502'],
+    messages: [
+      { role: 'user', content: 'é中😀' },
+      {
+        role: 'user',
+        content: [
+          { type: 'text', text: 'see' },
+          { type: 'image_url', image_url: { url: image } },
+          { type: 'image_url', image_url: { url: 'https://example.com/x.png' } },
+          { type: 'input_audio', input_audio: { data: audio, format: 'wav' } },
+          { type: 'file', file: { filename: 'a.txt', file_data: 'data:text/plain;base64,QUJD' } },
+        ],
+      },
+    ],
+    tools: [{ type: 'function', function: { name: 'f', parameters: { type: 'object' } } }],
+    plugins: [{ id: 'web', max_results: 7 }],
+    max_completion_tokens: 50,
+    max_tokens: 9,
+    stream: true,
+  } as unknown as ChatCompletionRequest
+  const text = JSON.stringify(body)
+  const f = requestFacts(body, text, 700)
+  assert.deepEqual(f.models, ['openai/gpt-4o', 'anthropic/claude-opus-4:online'])
+  assert.deepEqual(f.parts, { images: 2, audio: 1, files: 1 })
+  assert.equal(f.web_results, 7)
+  assert.equal(f.max_tokens, 50)
+  assert.equal(f.lifetime_seconds, 700)
+  // Every byte that goes upstream is in the bound but the inline image and audio data.
+  const upstream = new TextEncoder().encode(upstreamBody(text, body, 2 ** 31 - 1)).length
+  assert.ok(f.prompt_bound >= upstream - image.length - audio.length, `${f.prompt_bound}`)
+  assert.ok(f.prompt_bound <= upstream - image.length - audio.length + 110, `${f.prompt_bound}`)
+  // `:online` alone pulls the web plugin's default; a number written with an exponent widens.
+  const online = { model: 'x/y:online', messages: [{ role: 'user', content: 'hi' }], temperature: 1e0 }
+  const t2 = '{"model":"x/y:online","messages":[{"role":"user","content":"hi"}],"top_k":1e20}'
+  assert.equal(requestFacts(online as ChatCompletionRequest, JSON.stringify(online), 1).web_results, 5)
+  const wide = JSON.parse(t2)
+  assert.ok(
+    requestFacts(wide, t2, 1).prompt_bound >= new TextEncoder().encode(JSON.stringify(wide)).length,
+  )
 })

@@ -4,7 +4,13 @@
 
 import assert from 'node:assert/strict'
 import fc from 'fast-check'
-import { appendMember, charge, gatewayUsageJson } from '../../functions/gateway/gateway-usage.ts'
+import {
+  appendMember,
+  charge,
+  gatewayUsageJson,
+  readUsage,
+  withClientUsage,
+} from '../../functions/gateway/gateway-usage.ts'
 import type { Hold, Usage } from '../../functions/gateway/hold.ts'
 
 const hold = (pm: string, cm: string, balance = 1000): Hold => ({
@@ -16,8 +22,31 @@ const hold = (pm: string, cm: string, balance = 1000): Hold => ({
   max_tokens: 64,
   balance,
   available_credits: balance - 100,
-  prompt_multiplier: pm,
-  completion_multiplier: cm,
+  expires_at: '2026-12-03T00:00:00Z',
+  pricing: {
+    mode: 'flat',
+    usd_per_credit: '0.00002',
+    candidates: [],
+    dearest: {
+      model: 'm',
+      catalog_id: 'm',
+      canonical_slug: null,
+      prompt: '0.000001',
+      completion: '0.000002',
+      input_cache_read: '0',
+      input_cache_write: '0',
+      internal_reasoning: '0',
+      request: '0',
+      web_search: '0.004',
+      image: '0',
+      prompt_multiplier: pm,
+      completion_multiplier: cm,
+      markup_percent: '0',
+      fixed: true,
+      by_cost: false,
+      free: false,
+    },
+  },
 })
 const usage = (prompt: number, completion: number): Usage => ({
   model: 'm',
@@ -31,10 +60,22 @@ const usage = (prompt: number, completion: number): Usage => ({
 })
 
 Deno.test("charge: the tokens at the hold's price, and the balance after it as of admission", () => {
-  assert.deepEqual(charge(hold('1', '1'), usage(12, 30)), { credits: 42, balanceAfter: 958 })
-  assert.deepEqual(charge(hold('0.1', '0.1'), usage(3, 7)), { credits: 1, balanceAfter: 999 })
+  assert.deepEqual(charge(hold('1', '1'), usage(12, 30)), {
+    credits: 42,
+    usd: '0.00084',
+    balanceAfter: 958,
+  })
+  assert.deepEqual(charge(hold('0.1', '0.1'), usage(3, 7)), {
+    credits: 1,
+    usd: '0.00002',
+    balanceAfter: 999,
+  })
   // Token counts as settle_request takes them: rounded, never negative.
-  assert.deepEqual(charge(hold('1', '2'), usage(-5, 2.6)), { credits: 6, balanceAfter: 994 })
+  assert.deepEqual(charge(hold('1', '2'), usage(-5, 2.6)), {
+    credits: 6,
+    usd: '0.00012',
+    balanceAfter: 994,
+  })
 })
 
 Deno.test('appendMember adds the member last, to any object text, as valid JSON', () => {
@@ -61,14 +102,35 @@ Deno.test('appendMember adds the member last, to any object text, as valid JSON'
 })
 
 Deno.test('gateway_usage: the charge, the balance after it and the key prefix; null when unknown', () => {
-  assert.deepEqual(JSON.parse(gatewayUsageJson(42, 958, 'gw_live_abcd…')), {
+  const charged = { credits: 42, usd: '0.00084', balanceAfter: 958 }
+  assert.deepEqual(JSON.parse(gatewayUsageJson(charged, usage(12, 30), 'gw_live_abcd…')), {
+    credits_charged: 42,
     tokens_charged: 42,
+    cached_tokens: 0,
+    reasoning_tokens: 0,
     user_balance_after: 958,
     user_api_key: 'gw_live_abcd…',
   })
   assert.deepEqual(JSON.parse(gatewayUsageJson(null, undefined, 'k')), {
+    credits_charged: null,
     tokens_charged: null,
+    cached_tokens: null,
+    reasoning_tokens: null,
     user_balance_after: null,
     user_api_key: 'k',
+  })
+})
+
+Deno.test('the client usage: cost is what the client pays, exactly; upstream cost_details hidden', () => {
+  const text =
+    '{"id":"x","usage":{"prompt_tokens":3,"cost":0.000001234567890123456,"cost_details":{"upstream_inference_cost":1}},"z":1}'
+  const read = readUsage(text)!
+  assert.equal(read.costText, '0.000001234567890123456')
+  const out = withClientUsage(text, read.usage, '0.00114')
+  assert.match(out, /"cost":0\.00114,/)
+  assert.deepEqual(JSON.parse(out), {
+    id: 'x',
+    usage: { prompt_tokens: 3, cost: 0.00114, cost_details: null },
+    z: 1,
   })
 })
