@@ -205,16 +205,16 @@ await check('billing', async () => {
     const body = await res.json().catch(() => null)
     if (res.status !== 200) return [false, `HTTP ${res.status}: ${JSON.stringify(body?.error)}`]
     const usage = body.usage as { prompt_tokens: number; completion_tokens: number }
-    const reported = body.gateway_usage?.tokens_charged as number
+    const reported = body.gateway_usage?.credits_charged as number
     let record: Record<string, unknown> | undefined
     for (let i = 0; i < 300 && !record; i++) {
       ;[record] = await db`
         select u.prompt_tokens, u.completion_tokens, u.credits_charged::int, u.status,
-               gateway.credits_for(${usage.prompt_tokens}, ${usage.completion_tokens},
-                 coalesce(mp.prompt_multiplier, 1), coalesce(mp.completion_multiplier, 1))::int
+               (gateway.charge(u.price, u.usd_per_credit, u.prompt_tokens, u.completion_tokens,
+                               u.cached_tokens, u.cache_write_tokens, u.reasoning_tokens,
+                               u.web_search_requests, u.images, u.upstream_cost)).credits::int
                  as price
           from gateway.usage_records u
-          left join gateway.model_pricing mp on mp.model = u.model
          where u.account_id = ${userId}`
       if (!record) await new Promise((r) => setTimeout(r, 100))
     }

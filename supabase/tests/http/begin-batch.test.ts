@@ -61,7 +61,7 @@ test('concurrent admissions go in batches and each request gets its own exact de
   for (let a = 0; a < accounts.length; a++) {
     await settled(accounts[a].userId, limits[a])
     const charged = responses.filter((x) => x.a === a && x.r.status === 200)
-      .reduce((sum, x) => sum + x.r.json.gateway_usage.tokens_charged, 0)
+      .reduce((sum, x) => sum + x.r.json.gateway_usage.credits_charged, 0)
     assert.deepEqual(await balance(accounts[a].userId), { balance: 100_000 - charged, held: 0 })
   }
 })
@@ -85,7 +85,16 @@ test('an element the database rejects fails alone: the rest of its batch is admi
   // max_tokens 0 makes begin_request raise (the HTTP route refuses it before SQL): in a batch it
   // aborts the whole call, and batcher.ts then admits each element alone.
   const attempts = await Promise.allSettled(
-    [8, 8, 8, 0, 8, 8, 8, 8].map((max) => begin(who, 'openai/gpt-4o-mini', max, 10)),
+    [8, 8, 8, 0, 8, 8, 8, 8].map((max) =>
+      begin(who, {
+        models: ['openai/gpt-4o-mini'],
+        prompt_bound: 10,
+        parts: { images: 0, audio: 0, files: 0 },
+        web_results: 0,
+        max_tokens: max,
+        lifetime_seconds: 0,
+      })
+    ),
   )
   const failed = attempts.filter((x) => x.status === 'rejected')
   assert.equal(failed.length, 1, 'only the invalid element fails')

@@ -228,7 +228,7 @@ test('logs: one JSON line per request, with its tokens and charge; no key, upstr
   assert.equal(mine[0].prompt_tokens, u.prompt_tokens)
   assert.equal(mine[0].completion_tokens, u.completion_tokens)
   assert.equal(mine[0].credits_charged, u.credits_charged)
-  assert.equal(mine[0].credits_charged, res.json.gateway_usage.tokens_charged)
+  assert.equal(mine[0].credits_charged, res.json.gateway_usage.credits_charged)
   assert.equal(typeof mine[0].latency_ms, 'number')
   assert.ok(
     !lines.some((l) => l.includes('"settled"') && l.includes(`"hold_id":${mine[0].hold_id}`)),
@@ -253,7 +253,7 @@ test('Idempotency-Key: a retry gets the first answer and is charged once', async
   assert.equal(again.json.id, first.json.id)
   assert.deepEqual(again.json.gateway_usage, first.json.gateway_usage)
   assert.equal(await simChatCount(), before + 1)
-  const charged = first.json.gateway_usage.tokens_charged
+  const charged = first.json.gateway_usage.credits_charged
   assert.deepEqual(await balance(a.userId), { balance: 1000 - charged, held: 0 })
 
   const other = await chat(a.key, { model: 'openai/gpt-4o-mini~len-4' }, idem)

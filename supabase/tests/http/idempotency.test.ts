@@ -41,7 +41,7 @@ test('Idempotency-Key: retries racing a running chat get 409, later ones the fir
     assert.equal(other.status, 422, other.text)
     const done = await first
     assert.equal(done.status, 200, done.text)
-    const charged = done.json.gateway_usage.tokens_charged
+    const charged = done.json.gateway_usage.credits_charged
     // Afterwards every retry is the first answer, byte for byte, and free.
     const replays = await Promise.all(
       Array.from(

@@ -31,8 +31,8 @@ test('concurrent completions: each charged once, exactly what its response repor
       ? JSON.parse(sseData(r.text).find((d) => d.includes('"gateway_usage"'))!).gateway_usage
       : r.json.gateway_usage
     const id = r.headers.get('x-generation-id')!
-    assert.equal(charged.get(id), usage.tokens_charged, `generation ${id}`)
-    total += usage.tokens_charged
+    assert.equal(charged.get(id), usage.credits_charged, `generation ${id}`)
+    total += usage.credits_charged
   }
   assert.deepEqual(await balance(a.userId), { balance: 100_000 - total, held: 0 })
   const [{ entries }] = await db()`

@@ -212,7 +212,7 @@ interface UsageRow {
   prompt_tokens: number
   completion_tokens: number
   credits_charged: string
-  /** The tokens at the model's price: ⌈prompt·pm + completion·cm⌉, in exact numeric. */
+  /** The usage at the prices the record keeps (gateway.charge), in exact numeric. */
   price: string
   generation_id: string | null
   note: string | null
@@ -262,10 +262,10 @@ export async function checkBooks(
   const usage = await sql<UsageRow[]>`
     select u.hold_id, u.account_id, u.status, u.settled_by, u.model, u.prompt_tokens,
            u.completion_tokens, u.credits_charged, u.generation_id, u.note,
-           ceil(u.prompt_tokens * coalesce(p.prompt_multiplier, 1)
-                + u.completion_tokens * coalesce(p.completion_multiplier, 1)) as price
+           (gateway.charge(u.price, u.usd_per_credit, u.prompt_tokens, u.completion_tokens,
+                           u.cached_tokens, u.cache_write_tokens, u.reasoning_tokens,
+                           u.web_search_requests, u.images, u.upstream_cost)).credits as price
       from gateway.usage_records u
-      left join gateway.model_pricing p on p.model = u.model
      where u.account_id = any(${ids}::bigint[]) and u.hold_id > ${after}`
   if (usage.length !== admittedNow) {
     problems.push(`${admittedNow} requests admitted but ${usage.length} usage records`)
@@ -289,7 +289,7 @@ export async function checkBooks(
     const credits = Number(u.credits_charged)
     charged += credits
     if (credits > 0) chargedRecords++
-    if (credits !== Number(u.price)) {
+    if (!unbilled(u.status) && credits !== Number(u.price)) {
       problems.push(`hold ${u.hold_id}: charged ${credits}, its tokens cost ${u.price}`)
     }
     if (unbilled(u.status) && credits !== 0) {
