@@ -30,7 +30,7 @@ create table gateway.system_settings (
   audio_part_tokens integer not null default 20000 check (audio_part_tokens >= 0),
   file_part_tokens integer not null default 50000 check (file_part_tokens >= 0),
   web_result_tokens integer not null default 2000 check (web_result_tokens >= 0),
-  web_result_usd numeric not null default 0.004 check (web_result_usd >= 0),
+  web_result_usd numeric not null default 0.007 check (web_result_usd >= 0),
   refuse_unprofitable_models boolean not null default false,
   registrations_per_hour integer not null default 100 check (registrations_per_hour >= 0),
   registration_ipv4_prefix integer not null default 24 check (registration_ipv4_prefix between 8 and 32),
@@ -65,7 +65,8 @@ comment on column gateway.system_settings.file_part_tokens is
 comment on column gateway.system_settings.web_result_tokens is
   'Prompt tokens a hold allows per web-search result the request may pull.';
 comment on column gateway.system_settings.web_result_usd is
-  'USD per web search when the catalog gives the model no web_search price (OpenRouter''s web plugin).';
+  'USD a hold allows per web-search result, and the price of a web search when the catalog gives '
+  'the model none (OpenRouter''s Exa search: $0.007 for up to 10 results).';
 comment on column gateway.system_settings.refuse_unprofitable_models is
   'Refuse (403 model_not_available) models whose catalog price is above what their multipliers charge.';
 alter table gateway.system_settings enable row level security;

@@ -142,11 +142,9 @@ $$;
 revoke execute on function gateway.request_facts(jsonb) from public;
 
 -- Admission ---------------------------------------------------------------------------------------
--- begin_request's body, for its two signatures and begin_requests: the facts typed and checked.
+-- begin_request's body, for it, begin_requests and reserve_admissions: the facts typed and checked.
 -- Unchanged from 20261125153547 but for the pricing: the candidates are priced (a refusal counts
 -- nothing), the credit checks and the hold are gateway.hold_for's, and the hold keeps its prices.
--- p_transitional (the old signatures): an unknown model at its override or 1 credit per token in
--- flat mode, and no `pricing` in the answer (that caller reads the multipliers).
 create or replace function gateway.admit(
   p_key_hash bytea,
   p_client_ip inet,
@@ -159,7 +157,6 @@ create or replace function gateway.admit(
   p_web_results integer,
   p_max_tokens integer,
   p_lifetime_seconds integer,
-  p_transitional boolean,
   p_now timestamptz
 )
 returns jsonb
@@ -266,7 +263,7 @@ begin
   -- The prices of the candidates: a model that cannot be priced is refused before anything counts.
   pc := gateway.price_candidates(
     p_models, v.pricing_mode, v.markup_percent, v.web_result_usd, v.usd_per_credit,
-    v.refuse_unprofitable_models, p_transitional);
+    v.refuse_unprofitable_models, false);
   if pc.refusal is not null then
     return jsonb_build_object(
       'ok', false, 'reason', pc.refusal, 'model', pc.refused_model,
@@ -619,13 +616,11 @@ begin
     return v_answer || jsonb_build_object('limits', v_limits);
   end if;
 
-  if not p_transitional then
-    v_dearest := gateway.price_json(pc.dearest);
-    if cardinality(pc.prices) = 1 then
-      v_candidates := jsonb_build_array(v_dearest);
-    else
-      select jsonb_agg(gateway.price_json(x)) into v_candidates from unnest(pc.prices) x;
-    end if;
+  v_dearest := gateway.price_json(pc.dearest);
+  if cardinality(pc.prices) = 1 then
+    v_candidates := jsonb_build_array(v_dearest);
+  else
+    select jsonb_agg(gateway.price_json(x)) into v_candidates from unnest(pc.prices) x;
   end if;
   return jsonb_build_object(
     'ok', true,
@@ -640,22 +635,16 @@ begin
     'expires_at', p_now + make_interval(secs => greatest(v.hold_timeout_seconds, p_lifetime_seconds)),
     -- What the settle will charge by (gateway.charge at the served candidate's prices), so that
     -- the function can report it without waiting: every number as exact decimal text.
-    'pricing', case when not p_transitional then jsonb_build_object(
+    'pricing', jsonb_build_object(
       'mode', v.pricing_mode,
       'usd_per_credit', v.usd_per_credit::text,
       'candidates', v_candidates,
-      'dearest', v_dearest) end,
-    -- TRANSITIONAL (the function's credits.ts until it reads `pricing`): the dearest candidate's
-    -- credits per token in flat mode (0 for a free model).
-    'prompt_multiplier', case when (pc.dearest).free then '0'
-                              else (pc.dearest).prompt_multiplier::text end,
-    'completion_multiplier', case when (pc.dearest).free then '0'
-                                  else (pc.dearest).completion_multiplier::text end,
+      'dearest', v_dearest),
     'limits', v_limits
   );
 end
 $$;
-revoke execute on function gateway.admit(bytea, inet, text, text[], bigint, integer, integer, integer, integer, integer, integer, boolean, timestamptz) from public;
+revoke execute on function gateway.admit(bytea, inet, text, text[], bigint, integer, integer, integer, integer, integer, integer, timestamptz) from public;
 
 -- Admits a request from its measured facts (gateway.request_facts) and holds the worst case of
 -- them at its dearest candidate's prices. One transaction; refusals are answers, bad input 22023.
@@ -677,42 +666,11 @@ begin
   f := gateway.request_facts(p_facts);
   return gateway.admit(
     p_key_hash, p_client_ip, p_referrer, f.models, f.prompt_bound, f.images, f.audio, f.files,
-    f.web_results, f.max_tokens, f.lifetime_seconds, false, p_now);
+    f.web_results, f.max_tokens, f.lifetime_seconds, p_now);
 end
 $$;
 revoke execute on function gateway.begin_request(bytea, inet, text, jsonb, timestamptz) from public;
 grant execute on function gateway.begin_request(bytea, inet, text, jsonb, timestamptz) to gateway_api;
-
--- TRANSITIONAL: the signature the function calls until it measures the facts. The prompt estimate
--- is the prompt bound, [model] the candidates; an unknown model is priced as before the catalog.
-create or replace function gateway.begin_request(
-  p_key_hash bytea,
-  p_client_ip inet,
-  p_referrer text,
-  p_model text,
-  p_max_tokens integer,
-  p_prompt_tokens integer,
-  p_now timestamptz default now()
-)
-returns jsonb
-language plpgsql
-security definer
-set search_path = ''
-as $$
-begin
-  if p_max_tokens < 1 or p_prompt_tokens < 0 then
-    raise exception using errcode = '22023', hint = 'invalid_request',
-      message = 'max_tokens must be >= 1 and prompt_tokens >= 0';
-  end if;
-  return gateway.admit(
-    p_key_hash, p_client_ip, p_referrer, array[coalesce(p_model, '')],
-    coalesce(p_prompt_tokens, 0), 0, 0, 0, 0, p_max_tokens, 0, true, p_now);
-end
-$$;
-revoke execute on function gateway.begin_request(bytea, inet, text, text, integer, integer, timestamptz)
-  from public;
-grant execute on function gateway.begin_request(bytea, inet, text, text, integer, integer, timestamptz)
-  to gateway_api;
 
 -- Many admissions in one transaction, each by begin_request, made in account order (no deadlock
 -- with another batch) and answered in the order given. An element that raises aborts the batch.
@@ -755,22 +713,10 @@ begin
               ) nulls first,
               b.ord
   loop
-    if e.v ? 'models' then
-      f := gateway.request_facts(e.v - array['key_hash', 'client_ip', 'referrer']);
-      v_results[e.ord] := gateway.admit(
-        e.h, (e.v ->> 'client_ip')::inet, e.v ->> 'referrer', f.models, f.prompt_bound, f.images,
-        f.audio, f.files, f.web_results, f.max_tokens, f.lifetime_seconds, false, p_now);
-    else
-      v_results[e.ord] := gateway.begin_request(
-        e.h,
-        (e.v ->> 'client_ip')::inet,
-        e.v ->> 'referrer',
-        e.v ->> 'model',
-        (e.v ->> 'max_tokens')::integer,
-        (e.v ->> 'prompt_tokens')::integer,
-        p_now
-      );
-    end if;
+    f := gateway.request_facts(e.v - array['key_hash', 'client_ip', 'referrer']);
+    v_results[e.ord] := gateway.admit(
+      e.h, (e.v ->> 'client_ip')::inet, e.v ->> 'referrer', f.models, f.prompt_bound, f.images,
+      f.audio, f.files, f.web_results, f.max_tokens, f.lifetime_seconds, p_now);
   end loop;
   return to_jsonb(v_results);
 end
@@ -779,7 +725,7 @@ revoke execute on function gateway.begin_requests(jsonb, timestamptz) from publi
 grant execute on function gateway.begin_requests(jsonb, timestamptz) to gateway_api;
 
 
--- reserve_admissions' body for its two signatures: the first admission by gateway.admit (every
+-- reserve_admissions' body: the first admission by gateway.admit (every
 -- rule), the others in one pass with gateway.hold_for — exactly those that further admissions with
 -- the same facts and p_now would make (20261125174446 explains the pass).
 create or replace function gateway.reserve(
@@ -794,7 +740,6 @@ create or replace function gateway.reserve(
   p_web_results integer,
   p_max_tokens integer,
   p_lifetime_seconds integer,
-  p_transitional boolean,
   p_count integer,
   p_now timestamptz
 )
@@ -831,7 +776,7 @@ begin
   -- 1. The first, by admit: every rule. Refused, its refusal is the answer.
   v_first := gateway.admit(
     p_key_hash, p_client_ip, p_referrer, p_models, p_prompt_bound, p_images, p_audio, p_files,
-    p_web_results, p_max_tokens, p_lifetime_seconds, p_transitional, p_now);
+    p_web_results, p_max_tokens, p_lifetime_seconds, p_now);
   if not (v_first ->> 'ok')::boolean then
     return jsonb_build_array(v_first);
   end if;
@@ -921,7 +866,7 @@ begin
   return to_jsonb(v_answers);
 end
 $$;
-revoke execute on function gateway.reserve(bytea, inet, text, text[], bigint, integer, integer, integer, integer, integer, integer, boolean, integer, timestamptz) from public;
+revoke execute on function gateway.reserve(bytea, inet, text, text[], bigint, integer, integer, integer, integer, integer, integer, integer, timestamptz) from public;
 
 -- Up to p_count (1–64) admissions of one request's facts made ahead, their holds `reserved`, each
 -- the one begin_request would make (docs/SQL-API.md); given back unused by cancel_admissions.
@@ -944,44 +889,11 @@ begin
   f := gateway.request_facts(p_facts);
   return gateway.reserve(
     p_key_hash, p_client_ip, p_referrer, f.models, f.prompt_bound, f.images, f.audio, f.files,
-    f.web_results, f.max_tokens, f.lifetime_seconds, false, p_count, p_now);
+    f.web_results, f.max_tokens, f.lifetime_seconds, p_count, p_now);
 end
 $$;
 revoke execute on function gateway.reserve_admissions(bytea, inet, text, jsonb, integer, timestamptz) from public;
 grant execute on function gateway.reserve_admissions(bytea, inet, text, jsonb, integer, timestamptz) to gateway_api;
-
--- TRANSITIONAL: the signature the function calls until it measures the facts (see begin_request).
-create or replace function gateway.reserve_admissions(
-  p_key_hash bytea,
-  p_client_ip inet,
-  p_referrer text,
-  p_model text,
-  p_max_tokens integer,
-  p_prompt_tokens integer,
-  p_count integer,
-  p_now timestamptz default now()
-)
-returns jsonb
-language plpgsql
-security definer
-set search_path = ''
-as $$
-begin
-  if p_max_tokens < 1 or p_prompt_tokens < 0 then
-    raise exception using errcode = '22023', hint = 'invalid_request',
-      message = 'max_tokens must be >= 1 and prompt_tokens >= 0';
-  end if;
-  return gateway.reserve(
-    p_key_hash, p_client_ip, p_referrer, array[coalesce(p_model, '')], coalesce(p_prompt_tokens, 0),
-    0, 0, 0, 0, p_max_tokens, 0, true, p_count, p_now);
-end
-$$;
-revoke execute on function gateway.reserve_admissions(
-  bytea, inet, text, text, integer, integer, integer, timestamptz
-) from public;
-grant execute on function gateway.reserve_admissions(
-  bytea, inet, text, text, integer, integer, integer, timestamptz
-) to gateway_api;
 
 -- Gives back reserved admissions never used, as if never made (no usage record, no ledger row); ids
 -- that are not open reserved holds are skipped. Returns how many it cancelled.

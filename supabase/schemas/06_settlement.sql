@@ -86,7 +86,7 @@ create policy no_api_access on gateway.usage_records
 --   prompt_tokens, completion_tokens, cached_tokens, cache_write_tokens (parts of the prompt),
 --   reasoning_tokens (part of the completion), web_search_requests, images: counts (default 0)
 --   cost                OpenRouter's usage.cost, USD, decimal text (or a number), ≥ 0; absent/null:
---                       computed from the hold's prices. `upstream_cost`: the transitional name.
+--                       computed from the hold's prices.
 --   status, latency_ms, generation_id: recorded; settled_by: usage|generation|stream_count|sweeper
 create or replace function gateway.usage_facts(
   p jsonb,
@@ -111,7 +111,7 @@ set search_path = ''
 as $$
 declare
   -- Plain expressions, no queries: this runs for every settle.
-  v_cost jsonb := coalesce(nullif(p -> 'cost', 'null'), nullif(p -> 'upstream_cost', 'null'));
+  v_cost jsonb := nullif(p -> 'cost', 'null');
   v_counts jsonb;
   v_bad text;
 begin
@@ -120,8 +120,8 @@ begin
       message = 'the usage must be a JSON object';
   end if;
   -- The counts, present and not null, as one object: each must be an integer in range.
-  v_counts := jsonb_strip_nulls(p - array['hold_id', 'model', 'cost', 'upstream_cost', 'status',
-                                          'generation_id', 'settled_by']);
+  v_counts := jsonb_strip_nulls(p - array['hold_id', 'model', 'cost', 'status', 'generation_id',
+                                          'settled_by']);
   if v_counts - array['prompt_tokens', 'completion_tokens', 'cached_tokens', 'cache_write_tokens',
                       'reasoning_tokens', 'web_search_requests', 'images', 'latency_ms'] <> '{}' then
     v_bad := format('unknown usage fields: %s', left(array_to_string(array(
@@ -167,7 +167,7 @@ $$;
 revoke execute on function gateway.usage_facts(jsonb) from public;
 
 -- Settlement --------------------------------------------------------------------------------------
--- settle_request's body for its two signatures and settle_requests. Exactly once per hold: deleting
+-- settle_request's body, for it and settle_requests. Exactly once per hold: deleting
 -- the hold is the gate, or, for a hold the sweeper expired, turning its `expired` record into the
 -- real one (under the record's row lock). Charged at the served candidate's prices as admitted
 -- (gateway.served_price, gateway.charge); above the hold, in full.
@@ -414,37 +414,6 @@ end
 $$;
 revoke execute on function gateway.settle_request(bigint, jsonb, timestamptz) from public;
 grant execute on function gateway.settle_request(bigint, jsonb, timestamptz) to gateway_api;
-
--- TRANSITIONAL: the signature the function calls until it passes the whole usage.
-create or replace function gateway.settle_request(
-  p_hold_id bigint,
-  p_model text,
-  p_prompt_tokens integer,
-  p_completion_tokens integer,
-  p_upstream_cost numeric,
-  p_status text,
-  p_latency_ms integer,
-  p_generation_id text,
-  p_settled_by text,
-  p_now timestamptz default now()
-)
-returns jsonb
-language plpgsql
-security definer
-set search_path = ''
-as $$
-begin
-  return gateway.settle_hold(
-    p_hold_id, p_model, coalesce(p_prompt_tokens, 0), coalesce(p_completion_tokens, 0), 0, 0, 0, 0,
-    0, p_upstream_cost, p_status, p_latency_ms, p_generation_id, p_settled_by, p_now);
-end
-$$;
-revoke execute on function gateway.settle_request(
-  bigint, text, integer, integer, numeric, text, integer, text, text, timestamptz
-) from public;
-grant execute on function gateway.settle_request(
-  bigint, text, integer, integer, numeric, text, integer, text, text, timestamptz
-) to gateway_api;
 
 -- Many settles in one transaction, each by settle_request, in account order and an account's
 -- zero-token settles last (no deadlock). An element that raises aborts the batch.

@@ -107,12 +107,12 @@ select tests.run(:'a', '{"models":["test/free:free"],"prompt_bound":100,"max_tok
                  '{"model":"test/free:free","prompt_tokens":100,"completion_tokens":50}', :'t') as r \gset
 select is(array[:'r'::jsonb ->> 'hold', :'r'::jsonb ->> 'charge'], array['0', '0'],
           'flat: a free variant the catalog lists holds and costs nothing');
-select is(:'r'::jsonb #>> '{begin,prompt_multiplier}', '0', '… and tells the transitional preview so');
+select is(:'r'::jsonb #>> '{begin,pricing,dearest,free}', 'true', '… and its pricing says it is free');
 select tests.run(:'a', '{"models":["test/free:free"],"prompt_bound":100,"web_results":1,"max_tokens":50}',
                  '{"model":"test/free:free","prompt_tokens":2100,"completion_tokens":50,"web_search_requests":1}',
                  :'t') as r \gset
-select is(array[:'r'::jsonb ->> 'hold', :'r'::jsonb ->> 'charge'], array['200', '200'],
-          'flat: a free model''s web search is still a fee (0.004 USD per search, 200 credits)');
+select is(array[:'r'::jsonb ->> 'hold', :'r'::jsonb ->> 'charge'], array['350', '350'],
+          'flat: a free model''s web search is still a fee (0.007 USD per search, 350 credits)');
 select tests.run(:'a', '{"models":["test/free"],"prompt_bound":100,"max_tokens":50}',
                  '{"model":"test/free","prompt_tokens":100,"completion_tokens":50}', :'t') as r \gset
 select is(:'r'::jsonb ->> 'charge', '150', 'flat: its paid base model is not free');
@@ -191,7 +191,7 @@ select is(:'r'::jsonb ->> 'hold', '2065',
           'cost hold: 7010 prompt + 10 completion tokens and every fee: 0.03303 USD → 2065');
 select tests.run(:'a', '{"models":["test/plain"],"prompt_bound":0,"web_results":3,"max_tokens":1}',
                  '{"model":"test/plain","prompt_tokens":0,"completion_tokens":0,"web_search_requests":3}', :'t') as r \gset
-select is(:'r'::jsonb ->> 'charge', '750', 'cost: a model without a web_search price pays web_result_usd (0.004) per search');
+select is(:'r'::jsonb ->> 'charge', '1313', 'cost: a model without a web_search price pays web_result_usd (0.007) per search');
 select tests.run(:'a', '{"models":["test/free:free"],"prompt_bound":100,"max_tokens":50}',
                  '{"model":"test/free:free","prompt_tokens":100,"completion_tokens":50}', :'t') as r \gset
 select is(array[:'r'::jsonb ->> 'hold', :'r'::jsonb ->> 'charge'], array['0', '0'], 'cost: a free variant costs nothing');
@@ -240,7 +240,7 @@ select is((:'b'::jsonb -> 'pricing') - 'candidates' - 'dearest', '{"mode":"cost"
 select is(:'b'::jsonb #> '{pricing,candidates,0}',
           '{"model":"test/cache","catalog_id":"test/cache","canonical_slug":null,"prompt":"0.000003",
             "completion":"0.000015","input_cache_read":"0.0000003","input_cache_write":"0.00000375",
-            "internal_reasoning":"0.000015","request":"0","web_search":"0.004","image":"0",
+            "internal_reasoning":"0.000015","request":"0","web_search":"0.007","image":"0",
             "prompt_multiplier":"1","completion_multiplier":"1","markup_percent":"25","fixed":false,
             "by_cost":true,"free":false}'::jsonb,
           'each candidate''s prices as decimal text, fallbacks applied (reasoning at the completion price, web at web_result_usd)');
@@ -277,9 +277,12 @@ select is(tests.b(:'a', '{"models":["any/model"],"prompt_bound":10,"max_tokens":
           'cost, catalog never loaded: 503 pricing_unavailable');
 rollback to savepoint empty_catalog;
 
--- The transitional signature keeps today's behaviour for the function as it is --------------------
-select is(tests.begin(:'a'::jsonb ->> 'api_key', 10, 10, :'t', null, null, 'legacy/model') ->> 'held_credits', '20',
-          'the transitional begin_request serves a model outside the catalog at 1 credit per token, as before');
+-- The transitional signatures are gone: every admission is by facts, every settle by usage ---------
+select ok(not exists (select from pg_proc p join pg_namespace n on n.oid = p.pronamespace
+                       where n.nspname = 'gateway'
+                         and p.proname in ('begin_request', 'reserve_admissions', 'settle_request')
+                         and not (p.proargtypes::regtype[] && array['jsonb'::regtype])),
+          'begin_request, reserve_admissions and settle_request exist only in their jsonb forms');
 
 -- Credits decide max_tokens, and a clear 402 ----------------------------------------------------------
 select tests.acct(500) as p \gset
@@ -297,8 +300,8 @@ select is(tests.b(:'p', '{"models":["test/plain"],"prompt_bound":99,"max_tokens"
 
 -- :online searches the web: its results are held for ----------------------------------------------
 select tests.b(:'a', '{"models":["test/plain:online"],"prompt_bound":0,"max_tokens":1}', :'t') as b \gset
-select is(:'b'::jsonb ->> 'held_credits', '11001',
-          ':online holds 5 web results: 5 × 2000 prompt tokens + 1 + 5 searches at 0.004 USD (1000 credits)');
+select is(:'b'::jsonb ->> 'held_credits', '11751',
+          ':online holds 5 web results: 5 × 2000 prompt tokens + 1 + 5 searches at 0.007 USD (1750 credits)');
 
 -- Overruns: charged in full, recorded, listed, and the account refused until positive --------------
 select tests.acct(500) as o \gset
@@ -476,17 +479,17 @@ select gateway.begin_requests(jsonb_build_array(
   jsonb_build_object('key_hash', encode(gateway.hash_key(:'bt'::jsonb ->> 'api_key'), 'hex'),
                      'models', jsonb_build_array('test/nope'), 'prompt_bound', 1),
   jsonb_build_object('key_hash', encode(gateway.hash_key(:'bt'::jsonb ->> 'api_key'), 'hex'),
-                     'model', 'legacy/model', 'max_tokens', 10, 'prompt_tokens', 10)), :'t') as bb \gset
+                     'models', jsonb_build_array('test/plain'), 'prompt_bound', 10, 'max_tokens', 10)), :'t') as bb \gset
 select is(array(select coalesce(e ->> 'held_credits', e ->> 'reason') from jsonb_array_elements(:'bb'::jsonb) e),
           array['150', 'model_not_found', '20'],
-          'begin_requests: elements with facts, refused one by one, beside a transitional element');
+          'begin_requests: elements with facts, refused one by one');
 select gateway.settle_requests(jsonb_build_array(
   jsonb_build_object('hold_id', :'bb'::jsonb #> '{0,hold_id}', 'settled_by', 'usage', 'model', 'test/plain',
                      'prompt_tokens', 100, 'completion_tokens', 50, 'cached_tokens', 40, 'reasoning_tokens', 9),
-  jsonb_build_object('hold_id', :'bb'::jsonb #> '{2,hold_id}', 'settled_by', 'usage', 'model', 'legacy/model',
-                     'prompt_tokens', 10, 'completion_tokens', 10, 'upstream_cost', 0.00001)), :'t') as sb \gset
+  jsonb_build_object('hold_id', :'bb'::jsonb #> '{2,hold_id}', 'settled_by', 'usage', 'model', 'test/plain',
+                     'prompt_tokens', 10, 'completion_tokens', 10, 'cost', 0.00001)), :'t') as sb \gset
 select is(array(select e ->> 'credits_charged' from jsonb_array_elements(:'sb'::jsonb) e), array['150', '20'],
-          'settle_requests: the usage with its details, and the transitional upstream_cost');
+          'settle_requests: the usage with its details, and a cost as a JSON number');
 select ok((select cached_tokens = 40 and reasoning_tokens = 9 from gateway.usage_records
             where hold_id = (:'bb'::jsonb #>> '{0,hold_id}')::bigint)
           and (select upstream_cost = 0.00001 from gateway.usage_records

@@ -26,7 +26,7 @@ select is((select requests_used from gateway.key_counters where key_id = (:'a'::
           1::bigint, 'the key counts the request');
 
 -- Refusals -------------------------------------------------------------------------------------
-select is(gateway.begin_request(sha256('nope'::bytea), null, null, 'm', 10, 0) ->> 'reason',
+select is(gateway.begin_request(sha256('nope'::bytea), null, null, '{"models":["m"],"prompt_bound":0}') ->> 'reason',
           'invalid_api_key', 'an unknown key is refused: invalid_api_key');
 
 select gateway.create_key(tests.h(:'key'), null, null, '{"name":"deact"}') ->> 'api_key' as deact \gset

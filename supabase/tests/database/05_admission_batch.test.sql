@@ -17,8 +17,8 @@ returns jsonb
 language sql
 as $$
   select jsonb_build_object('key_hash', encode(gateway.hash_key(p_key), 'hex'), 'client_ip', p_ip,
-                            'referrer', p_referrer, 'model', p_model, 'max_tokens', p_max_tokens,
-                            'prompt_tokens', p_prompt_tokens);
+                            'referrer', p_referrer, 'models', jsonb_build_array(p_model),
+                            'max_tokens', p_max_tokens, 'prompt_bound', p_prompt_tokens);
 $$;
 
 -- Every call of this file at one instant, in the middle of a minute: no window rolls over meanwhile.
@@ -136,8 +136,8 @@ select is((select requests_used from gateway.key_counters where key_id = (:'a'::
           :a_used::bigint, 'nor a use of the key');
 select is(
   tests.error_of(format('select gateway.begin_requests(%L)', jsonb_build_array(tests.item(:'ak'),
-                        tests.item(:'ak') || jsonb_build_object('prompt_tokens', -1)))),
-  '22023:invalid_request', 'negative prompt_tokens: the same');
+                        tests.item(:'ak') || jsonb_build_object('prompt_bound', -1)))),
+  '22023:invalid_request', 'a negative prompt_bound: the same');
 select is(
   tests.error_of(format('select gateway.begin_requests(%L)', jsonb_build_array(
     tests.item(:'ak') || jsonb_build_object('key_hash', upper(encode(tests.h(:'ak'), 'hex')))))),

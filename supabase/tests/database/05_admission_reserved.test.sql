@@ -21,8 +21,10 @@ create function tests.reserve(p_key text, p_count integer, p_now timestamptz,
                               p_max_tokens integer default 10)
 returns jsonb
 language sql as $$
-  select gateway.reserve_admissions(gateway.hash_key(p_key), null, null, 'test/model', p_max_tokens, 0,
-                                    p_count, p_now)
+  select gateway.reserve_admissions(gateway.hash_key(p_key), null, null,
+    jsonb_build_object('models', jsonb_build_array('test/model'), 'prompt_bound', 0,
+                       'max_tokens', p_max_tokens),
+    p_count, p_now)
 $$;
 create function tests.oks(p_answers jsonb) returns text[]
 language sql as $$
@@ -184,22 +186,22 @@ select is(array[(tests.account_requests(:'m', :'t2') ->> 'requests_this_minute')
           array[1, 1, 1], 'the new minute keeps its 1; the hour and the day lose the 3');
 
 -- Invalid counts -----------------------------------------------------------------------------------------
-select is(tests.error_of(format('select gateway.reserve_admissions(%L, null, null, %L, 10, 0, 0)', tests.h(:'ak'), 'm')),
+select is(tests.error_of(format('select gateway.reserve_admissions(%L, null, null, %L, 0)', tests.h(:'ak'), '{"models":["m"],"prompt_bound":0,"max_tokens":10}')),
           '22023:invalid_request', 'p_count 0 raises 22023 invalid_request');
-select is(tests.error_of(format('select gateway.reserve_admissions(%L, null, null, %L, 10, 0, 65)', tests.h(:'ak'), 'm')),
+select is(tests.error_of(format('select gateway.reserve_admissions(%L, null, null, %L, 65)', tests.h(:'ak'), '{"models":["m"],"prompt_bound":0,"max_tokens":10}')),
           '22023:invalid_request', 'so does 65');
-select is(tests.error_of(format('select gateway.reserve_admissions(%L, null, null, %L, 0, 0, 2)', tests.h(:'ak'), 'm')),
+select is(tests.error_of(format('select gateway.reserve_admissions(%L, null, null, %L, 2)', tests.h(:'ak'), '{"models":["m"],"prompt_bound":0,"max_tokens":0}')),
           '22023:invalid_request', 'max_tokens 0 raises as in begin_request');
 
 -- Who may call --------------------------------------------------------------------------------------------
 select ok(has_function_privilege('gateway_api',
-            'gateway.reserve_admissions(bytea, inet, text, text, integer, integer, integer, timestamptz)', 'execute')
+            'gateway.reserve_admissions(bytea, inet, text, jsonb, integer, timestamptz)', 'execute')
           and has_function_privilege('gateway_api', 'gateway.cancel_admissions(bigint[])', 'execute'),
           'gateway_api can execute both');
 select ok(not has_function_privilege('anon',
-            'gateway.reserve_admissions(bytea, inet, text, text, integer, integer, integer, timestamptz)', 'execute')
+            'gateway.reserve_admissions(bytea, inet, text, jsonb, integer, timestamptz)', 'execute')
           and not has_function_privilege('authenticated',
-            'gateway.reserve_admissions(bytea, inet, text, text, integer, integer, integer, timestamptz)', 'execute')
+            'gateway.reserve_admissions(bytea, inet, text, jsonb, integer, timestamptz)', 'execute')
           and not has_function_privilege('anon', 'gateway.cancel_admissions(bigint[])', 'execute')
           and not has_function_privilege('authenticated', 'gateway.cancel_admissions(bigint[])', 'execute'),
           'anon and authenticated cannot');

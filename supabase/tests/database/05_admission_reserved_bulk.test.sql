@@ -8,6 +8,14 @@ begin;
 \ir _helpers.sql
 select plan(41);
 
+-- A scenario's facts as begin_request and reserve_admissions take them.
+create function tests.facts(p_s jsonb) returns jsonb
+language sql as $$
+  select jsonb_build_object('models', jsonb_build_array(p_s ->> 'model'),
+                            'prompt_bound', coalesce((p_s ->> 'prompt')::integer, 0),
+                            'max_tokens', (p_s ->> 'max_tokens')::integer)
+$$;
+
 select date_trunc('hour', now()) + interval '30 minutes 15 seconds' as t \gset
 
 -- Models with prices: fractional multipliers, and prices that make max_tokens the credits' cap.
@@ -50,13 +58,10 @@ begin
   begin
     if p_bulk then
       v_answers := gateway.reserve_admissions(
-        v_hash, (p_s ->> 'ip')::inet, null, p_s ->> 'model', (p_s ->> 'max_tokens')::integer,
-        (p_s ->> 'prompt')::integer, (p_s ->> 'n')::integer, v_now);
+        v_hash, (p_s ->> 'ip')::inet, null, tests.facts(p_s), (p_s ->> 'n')::integer, v_now);
     else
       for i in 1 .. (p_s ->> 'n')::integer loop
-        v := gateway.begin_request(
-          v_hash, (p_s ->> 'ip')::inet, null, p_s ->> 'model', (p_s ->> 'max_tokens')::integer,
-          (p_s ->> 'prompt')::integer, v_now);
+        v := gateway.begin_request(v_hash, (p_s ->> 'ip')::inet, null, tests.facts(p_s), v_now);
         v_answers := v_answers || jsonb_build_array(v);
         exit when not (v ->> 'ok')::boolean;
       end loop;
@@ -144,10 +149,12 @@ declare
   v jsonb;
 begin
   for i in 1 .. p_count loop
-    v := gateway.begin_request(decode(p_s ->> 'hash', 'hex'), null, null, 'test/model', 5, 0, p_at);
+    v := gateway.begin_request(decode(p_s ->> 'hash', 'hex'), null, null,
+                               '{"models":["test/model"],"prompt_bound":0,"max_tokens":5}', p_at);
     if (v ->> 'ok')::boolean and p_tokens > 0 then
-      perform gateway.settle_request((v ->> 'hold_id')::bigint, null, 0, p_tokens, 0, 'success', 1,
-                                     null, 'usage', p_at);
+      perform gateway.settle_request((v ->> 'hold_id')::bigint,
+        jsonb_build_object('completion_tokens', p_tokens, 'cost', 0, 'status', 'success',
+                           'latency_ms', 1, 'settled_by', 'usage'), p_at);
     end if;
   end loop;
 end
@@ -218,7 +225,7 @@ select is(:'c'::jsonb -> 'bulk' -> 'answers' -> 0 ->> 'max_tokens', '4096', '…
 select tests.state(100000, 12, 777, 333, 'bulk/frac', :'t') as s \gset
 select tests.compare(:'s') as c \gset
 select ok((:'c'::jsonb ->> 'same')::boolean, 'fractional multipliers (0.37, 1.25) and a prompt: the same');
-select is(array(select distinct e ->> 'completion_multiplier' from jsonb_array_elements(:'c'::jsonb -> 'bulk' -> 'answers') e),
+select is(array(select distinct e #>> '{pricing,dearest,completion_multiplier}' from jsonb_array_elements(:'c'::jsonb -> 'bulk' -> 'answers') e),
           array['1.25'], '… each answer reports the multipliers as begin_request does');
 
 -- The previous secret of a key within its rotation grace.
@@ -347,10 +354,10 @@ select is((select sum((c ->> 'admitted')::int) from tests.results) > 200, true,
 select tests.state(5000, 10, 50, 20, 'bulk/frac', :'t') as s \gset
 select from gateway.set_key_rate_limits((:'s'::jsonb ->> 'key')::bigint, '{"requests_per_hour":40,"tokens_per_day":9000}');
 select from tests.traffic(:'s', 1, :'t', 7);
-select gateway.begin_request(decode(:'s'::jsonb ->> 'hash', 'hex'), null, null, 'bulk/frac', 50, 20, :'t') as plain \gset
+select gateway.begin_request(decode(:'s'::jsonb ->> 'hash', 'hex'), null, null, '{"models":["bulk/frac"],"prompt_bound":20,"max_tokens":50}', :'t') as plain \gset
 select from gateway.void_request((:'plain'::jsonb ->> 'hold_id')::bigint, 'test', :'t');
 select tests.snap((:'s'::jsonb ->> 'account')::bigint, (:'s'::jsonb ->> 'key')::bigint) as before \gset
-select gateway.reserve_admissions(decode(:'s'::jsonb ->> 'hash', 'hex'), null, null, 'bulk/frac', 50, 20, 10, :'t') as r \gset
+select gateway.reserve_admissions(decode(:'s'::jsonb ->> 'hash', 'hex'), null, null, '{"models":["bulk/frac"],"prompt_bound":20,"max_tokens":50}', 10, :'t') as r \gset
 create function tests.shape(p jsonb) returns text[]
 language sql as $$
   select array(select k || ':' || jsonb_typeof(p -> k) from jsonb_object_keys(p) k order by k)

@@ -17,7 +17,7 @@ select is(tests.held(:'a'), 0::bigint, 'the rest of the hold is released');
 select is(tests.settle(:'b', 12, 30), '{"settled": false, "reason": "already_settled"}'::jsonb,
           'a second settle changes nothing and says already_settled');
 select is(tests.balance(:'a'), 958::bigint, 'the second settle charged nothing');
-select is(gateway.settle_request(-1, null, 1, 1, null, null, null, null, 'usage') ->> 'reason', 'unknown_hold',
+select is(gateway.settle_request(-1, '{"prompt_tokens":1,"completion_tokens":1,"settled_by":"usage"}') ->> 'reason', 'unknown_hold',
           'settling a hold that never existed says unknown_hold');
 select is(
   (select row(model, prompt_tokens, completion_tokens, total_tokens, credits_charged, credits_held, status,

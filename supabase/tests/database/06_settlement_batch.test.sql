@@ -11,7 +11,8 @@ select from gateway.set_model_pricing('test/priced', 0.1, 2.675);
 
 -- begin_request: the multipliers, exact -------------------------------------------------------------
 select tests.begin(:'a'::jsonb ->> 'api_key', 10, 3, now(), null, null, 'test/priced') as h1 \gset
-select is(array[:'h1'::jsonb ->> 'prompt_multiplier', :'h1'::jsonb ->> 'completion_multiplier'],
+select is(array[:'h1'::jsonb #>> '{pricing,dearest,prompt_multiplier}',
+                :'h1'::jsonb #>> '{pricing,dearest,completion_multiplier}'],
           array['0.1', '2.675'], 'begin_request returns the hold''s multipliers as exact decimal text');
 select is((:'h1'::jsonb ->> 'balance')::bigint, 100000::bigint, 'and the balance it admitted on');
 
@@ -41,7 +42,7 @@ select tests.balance(:'b') as b_before \gset
 select gateway.settle_requests(jsonb_build_array(
   jsonb_build_object('hold_id', (:'b1'::jsonb ->> 'hold_id')::bigint, 'prompt_tokens', 5,
                      'completion_tokens', 6, 'status', 'success', 'settled_by', 'usage',
-                     'generation_id', 'gen-b1', 'latency_ms', 12, 'upstream_cost', 0.5),
+                     'generation_id', 'gen-b1', 'latency_ms', 12, 'cost', 0.5),
   jsonb_build_object('hold_id', (:'a1'::jsonb ->> 'hold_id')::bigint, 'prompt_tokens', 1,
                      'completion_tokens', 2, 'settled_by', 'usage'),
   jsonb_build_object('hold_id', (:'a1'::jsonb ->> 'hold_id')::bigint, 'prompt_tokens', 1,

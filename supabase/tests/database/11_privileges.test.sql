@@ -97,8 +97,8 @@ set local role anon;
 select is(tests.error_of('select * from gateway.accounts'), '42501:', 'anon cannot read accounts');
 select is(tests.error_of('select gateway.health()'), '42501:', 'anon cannot call gateway.health()');
 select is(
-  tests.error_of(format('select gateway.begin_request(%L::bytea, null, null, %L, 1, 1)',
-                        '\x00', 'm')),
+  tests.error_of(format('select gateway.begin_request(%L::bytea, null, null, %L::jsonb)',
+                        '\x00', '{"models":["m"],"prompt_bound":1}')),
   '42501:', 'anon cannot call begin_request');
 reset role;
 set local role authenticated;

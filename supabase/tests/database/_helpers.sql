@@ -35,7 +35,11 @@ $$;
 create function tests.h(p_key text) returns bytea
 language sql immutable as $$ select gateway.hash_key(p_key) $$;
 
--- begin_request with test defaults (model test/model, max_tokens 10, prompt estimate 0).
+-- The tests price against an empty catalog unless they load one (in their transaction): a model
+-- outside a loaded catalog is refused, and the stack's catalog is whatever the last refresh stored.
+delete from gateway.model_catalog;
+
+-- begin_request with test defaults (model test/model, max_tokens 10, prompt bound 0).
 create function tests.begin(
   p_key text,
   p_max_tokens integer default 10,
@@ -49,7 +53,10 @@ returns jsonb
 language sql
 as $$
   select gateway.begin_request(
-    gateway.hash_key(p_key), p_ip, p_referrer, p_model, p_max_tokens, p_prompt_tokens, p_now);
+    gateway.hash_key(p_key), p_ip, p_referrer,
+    jsonb_build_object('models', jsonb_build_array(p_model), 'prompt_bound', p_prompt_tokens,
+                       'max_tokens', p_max_tokens),
+    p_now);
 $$;
 
 create function tests.settle(
@@ -63,8 +70,11 @@ returns jsonb
 language sql
 as $$
   select gateway.settle_request(
-    (p_begin ->> 'hold_id')::bigint, p_model, p_prompt, p_completion, 0.0001, 'success', 100,
-    'gen-test', 'usage', p_now);
+    (p_begin ->> 'hold_id')::bigint,
+    jsonb_build_object('model', p_model, 'prompt_tokens', p_prompt, 'completion_tokens', p_completion,
+                       'cost', '0.0001', 'status', 'success', 'latency_ms', 100,
+                       'generation_id', 'gen-test', 'settled_by', 'usage'),
+    p_now);
 $$;
 
 -- 'SQLSTATE:hint' of the error a statement raises, or 'ok'.
