@@ -67,14 +67,12 @@ function serve(layer: Layer, port: number, upstream: string): void {
     const key = (req.headers.get('authorization') ?? '').replace(/^Bearer\s+/i, '')
     const body = JSON.parse(text)
     const [{ r }] = await sql!.unsafe(
-      'select gateway.begin_request($1, $2, $3, $4, $5, $6) as r',
+      'select gateway.begin_request($1, $2, $3, $4) as r',
       [
         createHash('sha256').update(key).digest(),
         '127.0.0.1',
         null,
-        body.model,
-        body.max_tokens,
-        9,
+        { models: [body.model], prompt_bound: text.length, max_tokens: body.max_tokens ?? null },
       ],
     )
     if (!r.ok) return Response.json(r, { status: 402 })
@@ -82,17 +80,18 @@ function serve(layer: Layer, port: number, upstream: string): void {
     const out = await forward(JSON.stringify(body))
     const doc = JSON.parse(out)
     sql!.unsafe(
-      'select gateway.settle_request($1, $2, $3, $4, $5, $6, $7, $8, $9)',
+      'select gateway.settle_request($1, $2)',
       [
         r.hold_id,
-        doc.model,
-        doc.usage.prompt_tokens,
-        doc.usage.completion_tokens,
-        null,
-        'success',
-        1,
-        doc.id,
-        'usage',
+        {
+          model: doc.model,
+          prompt_tokens: doc.usage.prompt_tokens,
+          completion_tokens: doc.usage.completion_tokens,
+          status: 'success',
+          latency_ms: 1,
+          generation_id: doc.id,
+          settled_by: 'usage',
+        },
       ],
     ).catch((err) => console.error('settle failed', err))
     return new Response(out, { headers: { 'content-type': 'application/json' } })

@@ -253,15 +253,24 @@ export async function roundTrips(url: string, calls = 500): Promise<RoundTrips> 
       times.select1.push(performance.now() - t)
       t = performance.now()
       const [{ h }] = await api.unsafe(
-        'select gateway.begin_request($1, $2, $3, $4, $5, $6) as h',
-        [hash, '127.0.0.1', null, MODEL, 8, 9],
+        'select gateway.begin_request($1, $2, $3, $4) as h',
+        [hash, '127.0.0.1', null, { models: [MODEL], prompt_bound: 9, max_tokens: 8 }],
         { prepare: true },
       )
       times.begin.push(performance.now() - t)
       t = performance.now()
       await api.unsafe(
-        'select gateway.settle_request($1, $2, $3, $4, $5, $6, $7, $8, $9)',
-        [h.hold_id, 'openai/gpt-4o-mini', 9, 4, 0.0000036, 'completed', 2, `gen-rtt-${i}`, 'usage'],
+        'select gateway.settle_request($1, $2)',
+        [h.hold_id, {
+          model: 'openai/gpt-4o-mini',
+          prompt_tokens: 9,
+          completion_tokens: 4,
+          cost: '0.0000036',
+          status: 'completed',
+          latency_ms: 2,
+          generation_id: `gen-rtt-${i}`,
+          settled_by: 'usage',
+        }],
         { prepare: true },
       )
       times.settle.push(performance.now() - t)

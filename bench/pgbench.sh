@@ -54,11 +54,13 @@ SQL
 # One transaction each, as the function makes them: admit and hold, then charge 20 + 80 tokens.
 cat >"$work/pair.sql" <<'SQL'
 \set i random(1, :accounts)
-select (gateway.begin_request(k.h, '203.0.113.5', null, 'bench/model', 100, 20) ->> 'hold_id')::bigint
+select (gateway.begin_request(k.h, '203.0.113.5', null,
+          '{"models":["openai/gpt-4o-mini"],"prompt_bound":20,"max_tokens":100}') ->> 'hold_id')::bigint
     as hold_id
   from bench_pgbench.keys k where k.i = :i \gset
-select gateway.settle_request(:hold_id, 'bench/model', 20, 80, 0.001, 'success', 100, 'gen-bench',
-  'usage');
+select gateway.settle_request(:hold_id, '{"model":"openai/gpt-4o-mini","prompt_tokens":20,
+  "completion_tokens":80,"cost":"0.001","status":"success","latency_ms":100,
+  "generation_id":"gen-bench","settled_by":"usage"}');
 SQL
 
 tps() { # tps ACCOUNTS: pairs per second

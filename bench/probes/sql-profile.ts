@@ -23,9 +23,8 @@ export interface SqlProfile {
   lines: { fn: string; line: number; total_ms: number; per_call_us: number; source: string }[]
 }
 
-const BEGIN = 'gateway.begin_request(bytea,inet,text,text,integer,integer,timestamp with time zone)'
-const SETTLE =
-  'gateway.settle_request(bigint,text,integer,integer,numeric,text,integer,text,text,timestamp with time zone)'
+const BEGIN = 'gateway.begin_request(bytea,inet,text,jsonb,timestamp with time zone)'
+const SETTLE = 'gateway.settle_request(bigint,jsonb,timestamp with time zone)'
 
 /** Thrown to end the transaction with a rollback, carrying what was measured out of it. */
 class Rollback {
@@ -58,26 +57,25 @@ export async function profileSql(url: string, calls = 2000): Promise<SqlProfile>
       for (let i = 0; i < calls; i++) {
         let t = performance.now()
         const [{ h }] = await tx.unsafe(
-          'select gateway.begin_request($1, $2, $3, $4, $5, $6) as h',
-          [hash, '127.0.0.1', null, MODEL, 8, 9],
+          'select gateway.begin_request($1, $2, $3, $4) as h',
+          [hash, '127.0.0.1', null, { models: [MODEL], prompt_bound: 9, max_tokens: 8 }],
           { prepare: true },
         )
         beginMs += performance.now() - t
         if (!h.ok) throw new Error(`begin_request refused: ${JSON.stringify(h)}`)
         t = performance.now()
         await tx.unsafe(
-          'select gateway.settle_request($1, $2, $3, $4, $5, $6, $7, $8, $9)',
-          [
-            h.hold_id,
-            'openai/gpt-4o-mini',
-            9,
-            4,
-            0.0000036,
-            'completed',
-            2,
-            `gen-profile-${i}`,
-            'usage',
-          ],
+          'select gateway.settle_request($1, $2) as s',
+          [h.hold_id, {
+            model: 'openai/gpt-4o-mini',
+            prompt_tokens: 9,
+            completion_tokens: 4,
+            cost: '0.0000036',
+            status: 'completed',
+            latency_ms: 2,
+            generation_id: `gen-profile-${i}`,
+            settled_by: 'usage',
+          }],
           { prepare: true },
         )
         settleMs += performance.now() - t

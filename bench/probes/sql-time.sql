@@ -4,7 +4,8 @@
 -- backend's CPU µs per begin + settle pair (/proc/self/stat: robust when the machine is shared).
 --   psql "$DB_URL" -v calls=2000 -v form=legacy -f bench/probes/sql-time.sql
 -- form = legacy: begin_request(…, model, max_tokens, prompt) / settle_request(9 args), the calls
---        the function made before the pricing migration (and still makes through its overloads);
+--        the function made before the pricing migration (gone since 20261203060000: run it against a
+--        database from before, or recreate them in this file's transaction);
 -- form = facts:  begin_request(…, facts jsonb) / settle_request(hold_id, usage jsonb).
 -- model: the model to price (default openai/gpt-4o-mini).
 \set ON_ERROR_STOP on

@@ -64,6 +64,10 @@ async function newAccount(
   return { userId: Number(r.user_id), keyHashHex: await sha256Hex(r.api_key) }
 }
 
+// A catalog model no test prices otherwise: 1 credit a token in flat mode, no fees (served at the
+// default too before any catalog is loaded).
+const MODEL = 'mistralai/mistral-nemo'
+
 async function begin(
   sql: postgres.Sql,
   a: Account,
@@ -71,15 +75,19 @@ async function begin(
   now: string | null = null,
 ): Promise<Json> {
   const [{ r }] = await sql`
-    select gateway.begin_request(decode(${a.keyHashHex}, 'hex'), null, null, 'test/concurrency',
-                                 ${maxTokens}::int, 0, coalesce(${now}::timestamptz, now())) as r`
+    select gateway.begin_request(decode(${a.keyHashHex}, 'hex'), null, null,
+                                 jsonb_build_object('models', jsonb_build_array(${MODEL}::text),
+                                                    'prompt_bound', 0, 'max_tokens', ${maxTokens}::int),
+                                 coalesce(${now}::timestamptz, now())) as r`
   return r as Json
 }
 
 async function settle(sql: postgres.Sql, holdId: number, completion: number): Promise<Json> {
   const [{ r }] = await sql`
-    select gateway.settle_request(${holdId}::bigint, 'test/concurrency', 0, ${completion}::int,
-                                  null, 'success', 1, null, 'usage') as r`
+    select gateway.settle_request(${holdId}::bigint,
+                                  jsonb_build_object('model', ${MODEL}::text, 'completion_tokens',
+                                                     ${completion}::int, 'status', 'success',
+                                                     'latency_ms', 1, 'settled_by', 'usage')) as r`
   return r as Json
 }
 
@@ -303,9 +311,9 @@ test('100 concurrent begin_requests batches across 12 accounts, settled by concu
         key_hash: i === null ? unknownHash : accounts[i].keyHashHex,
         client_ip: null,
         referrer: null,
-        model: 'test/concurrency',
+        models: [MODEL],
         max_tokens: COST,
-        prompt_tokens: 0,
+        prompt_bound: 0,
       }))
       const [{ r }] = await api`
         select gateway.begin_requests(${api.json(batch)}, ${now}::timestamptz) as r`
@@ -342,7 +350,7 @@ test('100 concurrent begin_requests batches across 12 accounts, settled by concu
           select gateway.settle_requests(${
           api.json(holds.map((h) => ({
             hold_id: h.holdId,
-            model: 'test/concurrency',
+            model: MODEL,
             prompt_tokens: 0,
             completion_tokens: kind(h.account) !== 'credits' && Math.random() < 0.5 ? 0 : COST,
             status: 'success',
