@@ -158,6 +158,30 @@ export function requestFacts(
   }
 }
 
+/**
+ * Prompt tokens, estimated: 3 + Σ (4 + ⌈UTF-8 bytes of the message's text / 4⌉). Only the last-resort
+ * count of a request settled without upstream's usage and without OpenRouter's generation stats
+ * (recovery.ts, `stream_count`); holds are sized from the facts' byte bound, never from this.
+ * (Buffer.byteLength counts without encoding, natively.)
+ */
+export function estimatePromptTokens(messages: ChatCompletionRequest['messages']): number {
+  let tokens = 3
+  for (const m of messages) {
+    const content = m.content
+    let bytes = 0
+    if (typeof content === 'string') bytes = Buffer.byteLength(content, 'utf8')
+    else if (Array.isArray(content)) {
+      for (const part of content) {
+        if (part.type === 'text' && typeof part.text === 'string') {
+          bytes += Buffer.byteLength(part.text, 'utf8')
+        }
+      }
+    }
+    tokens += 4 + Math.ceil(bytes / 4)
+  }
+  return tokens
+}
+
 /** The model the request names first (logs, and billing when upstream names none). */
 export function requestedModel(body: ChatCompletionRequest): string {
   return body.model ?? body.models![0]

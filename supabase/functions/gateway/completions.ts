@@ -6,6 +6,7 @@
 import { begin } from './admission.ts'
 import {
   type ChatCompletionRequest,
+  estimatePromptTokens,
   requestedModel,
   type RequestFacts,
   requestFacts,
@@ -134,7 +135,7 @@ async function forward(
     settleWithoutUsage(hold, {
       model,
       generationId,
-      countedPromptTokens: facts.prompt_bound,
+      countedPromptTokens: estimatePromptTokens(body.messages),
       countedCompletionTokens: 0,
       images: facts.parts.images,
       outcome: 'upstream_error',
@@ -156,7 +157,7 @@ async function forward(
     const stream = new MeteredStream(res.body, {
       hold,
       model,
-      promptBound: facts.prompt_bound,
+      promptEstimate: estimatePromptTokens(body.messages),
       images: facts.parts.images,
       generationId,
       startedAt,

@@ -12,10 +12,7 @@ import { generationStats } from './upstream.ts'
 export interface LostUsage {
   model: string
   generationId: string | null
-  /**
-   * Our own count, the last resort: the prompt bound (what upstream can have billed at most: the
-   * operator paid it) and the streamed content chunks.
-   */
+  /** Our own count, the last resort: the prompt estimate and the streamed content chunks. */
   countedPromptTokens: number
   countedCompletionTokens: number
   /** Input images sent (billed per image where the catalog prices them). */

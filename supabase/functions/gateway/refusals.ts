@@ -3,6 +3,7 @@
 // the rate windows it reports → the x-ratelimit-* headers OpenAI clients read (on refusals and on
 // admitted requests alike).
 
+import { maskKeysIn } from '../_shared/keys.ts'
 import { ApiError } from './errors.ts'
 import type { Limits, Refusal } from './hold.ts'
 
@@ -63,7 +64,8 @@ export function refusalError(r: Refusal): ApiError {
     headers['retry-after'] = String(Math.max(1, Math.ceil(r.retry_after_seconds ?? 1)))
   }
   if (status === 503) headers['retry-after'] = '5'
-  return new ApiError(status, refusalMessage(r), {
+  // A refusal may quote the model the client sent, and a key pasted as the model must not come back.
+  return new ApiError(status, maskKeysIn(refusalMessage(r)), {
     code: r.reason,
     headers,
     ...(r.reason === 'model_not_found' ? { param: 'model' } : {}),

@@ -183,6 +183,21 @@ function low(pool: Pool, now = Date.now()): boolean {
   return lasting <= size(pool, now) / 2
 }
 
+/**
+ * The most admissions the last answer has room for, HEADROOM times over: every one of them at its
+ * worst (the prompt bound and max_tokens) within the tightest token window. The prompt bound is
+ * bytes, several times the tokens of most prompts, so this caps the count rather than forbid the
+ * reservation (a context whose bound is large is reserved fewer at a time).
+ */
+function tokenRoom(answer: Hold, promptBound: number): number {
+  const remaining = answer.limits?.tokens?.remaining
+  if (remaining == null) return Infinity
+  return Math.floor(remaining / (HEADROOM * (answer.max_tokens + promptBound)))
+}
+
+/** The fewest admissions worth a reservation call. */
+const MIN_RESERVATION = 4
+
 function roomFor(answer: Hold, promptBound: number, count: number): boolean {
   const n = HEADROOM * count
   const { requests, tokens } = answer.limits ?? {}
@@ -199,8 +214,9 @@ function reserve(
   promptBound: number,
 ): void {
   const now = Date.now()
-  const count = size(pool)
+  const count = Math.min(size(pool), tokenRoom(last, promptBound))
   if (
+    count < MIN_RESERVATION ||
     unloading || pool.reserving || reservingCalls >= MAX_RESERVING || !isBusy(pool) ||
     now < pool.coolUntil ||
     !roomFor(last, promptBound, count)

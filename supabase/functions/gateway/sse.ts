@@ -28,8 +28,8 @@ export interface StreamMeta {
   hold: Hold
   /** The model the hold was begun for (billing falls back to it when upstream names none). */
   model: string
-  /** The request's prompt bound: the last-resort count of its prompt (recovery.ts). */
-  promptBound: number
+  /** The last-resort count of the prompt (recovery.ts, chat-request.ts estimatePromptTokens). */
+  promptEstimate: number
   /** Input images sent (billed per image where the catalog prices them). */
   images: number
   generationId: string | null
@@ -117,7 +117,7 @@ export class MeteredStream extends UpstreamEvents {
     return {
       ...counts,
       model: this.#billedModel(),
-      promptTokens: counts.promptTokens ?? this.#meta.promptBound,
+      promptTokens: counts.promptTokens ?? this.#meta.promptEstimate,
       completionTokens: counts.completionTokens ?? this.contentChunks,
       images: this.#meta.images,
       generationId: this.generationId,
@@ -137,7 +137,7 @@ export class MeteredStream extends UpstreamEvents {
     settleWithoutUsage(this.#meta.hold, {
       model: this.#billedModel(),
       generationId: this.generationId,
-      countedPromptTokens: this.#meta.promptBound,
+      countedPromptTokens: this.#meta.promptEstimate,
       countedCompletionTokens: this.contentChunks,
       images: this.#meta.images,
       outcome,

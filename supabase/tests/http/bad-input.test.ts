@@ -99,8 +99,9 @@ test('random key ids, registration and key specs never produce a 5xx', async () 
   )
 })
 
-test('a key pasted as the model does not come back in the upstream error that quotes it', async () => {
-  // OpenRouter (and the simulator) answer an unknown model with "<model> is not a valid model ID".
+test('a key pasted as the model does not come back in the refusal that quotes it', async () => {
+  // Admission refuses a model outside the catalog (model_not_found), naming it; so would OpenRouter
+  // ("<model> is not a valid model ID") if it got that far.
   const a = await newAccount(1000)
   const res = await api('/v1/chat/completions', {
     key: a.key,
@@ -109,5 +110,5 @@ test('a key pasted as the model does not come back in the upstream error that qu
   assertOpenAIError(res, 'key as model')
   assert.ok(!res.text.includes(a.key), res.text)
   // deno-lint-ignore no-explicit-any
-  assert.match((res.json as any).error.message, /^gw_live_.{4}… is not a valid model ID$/)
+  assert.match((res.json as any).error.message, /^Model gw_live_.{4}… is not in the model catalog/)
 })

@@ -107,10 +107,11 @@ test('a limit stays exact with reservations: exactly the limit is admitted, noth
 })
 
 test('a small balance is never reserved against', async () => {
-  // A request holds 109 credits here (9 prompt, max_tokens 100) and costs 10 (the simulator writes
-  // one token): reserving even the fewest (4) at 4x headroom needs 1 744 available, more than the
-  // account ever has, while it can pay for all the requests.
-  const a = await busyAccount(500)
+  // A request holds about 300 credits here (its body's ~200 bytes as the prompt bound, max_tokens
+  // 100) and costs 10 (9 prompt tokens, the simulator writes one): reserving even the fewest (4) at
+  // 4x headroom needs about 4 800 available, more than the account ever has, while it can pay for
+  // all the requests (two holds at once included, while the last one settles).
+  const a = await busyAccount(1200)
   const body = { model: 'openai/gpt-4o-mini~len-1', max_tokens: 100 }
   assert.deepEqual(await burst(a.key, 12, body), Array(12).fill(200))
   await settled(a.userId, 12)

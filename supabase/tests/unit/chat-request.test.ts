@@ -7,6 +7,7 @@ import assert from 'node:assert/strict'
 import fc from 'fast-check'
 import {
   type ChatCompletionRequest,
+  estimatePromptTokens,
   requestFacts,
   topLevelMembers,
   upstreamBody,
@@ -141,4 +142,14 @@ Deno.test('requestFacts: the byte bound of the body as it goes upstream, parts, 
   assert.ok(
     requestFacts(wide, t2, 1).prompt_bound >= new TextEncoder().encode(JSON.stringify(wide)).length,
   )
+})
+
+Deno.test('estimatePromptTokens (the last-resort count) counts UTF-8 bytes: 3 + Σ(4 + ⌈bytes / 4⌉)', () => {
+  const messages = [
+    { role: 'user', content: 'abcd' }, // 4 bytes: 4 + 1
+    { role: 'user', content: 'é中😀' }, // 2 + 3 + 4 = 9 bytes: 4 + 3
+    { role: 'user', content: [{ type: 'text', text: 'abcde' }, { type: 'image_url' }] }, // 4 + 2
+    { role: 'assistant', content: null }, // 4 + 0
+  ] as ChatCompletionRequest['messages']
+  assert.equal(estimatePromptTokens(messages), 3 + 5 + 7 + 6 + 4)
 })
