@@ -93,13 +93,14 @@ function pricing(): Pricing {
   const n = Math.random() < 0.7 ? 1 : 2 + int(2)
   const candidates = Array.from(
     { length: n },
-    (_, i) => price(`${pick(['openai', 'anthropic', 'x'])}/m-${i}${pick(['', ':nitro', ':free'])}`, mode),
+    (_, i) =>
+      price(`${pick(['openai', 'anthropic', 'x'])}/m-${i}${pick(['', ':nitro', ':free'])}`, mode),
   )
   return {
     mode,
-    usd_per_credit: pick(['0.00002', '0.00001', '0.001', '0.0000037', decimal(0, 8)].filter((x) =>
-      Number(x) > 0
-    )),
+    usd_per_credit: pick(
+      ['0.00002', '0.00001', '0.001', '0.0000037', decimal(0, 8)].filter((x) => Number(x) > 0),
+    ),
     candidates,
     dearest: dearest(candidates),
   }
@@ -112,7 +113,13 @@ function usage(p: Pricing): ChargeUsage {
   const prompt = count()
   const completion = count()
   return {
-    model: pick([c.model, c.catalog_id ?? c.model, c.canonical_slug ?? c.model, 'other/model', null]),
+    model: pick([
+      c.model,
+      c.catalog_id ?? c.model,
+      c.canonical_slug ?? c.model,
+      'other/model',
+      null,
+    ]),
     prompt_tokens: prompt,
     completion_tokens: completion,
     // Sometimes above what they are part of: both sides clamp.

@@ -69,8 +69,10 @@ test('@openrouter/sdk through the gateway: every completion and stream valid, co
     charged += credits(r.usage.cost)
     requests++
 
-    const stream: any = await valid(name, () =>
-      client.chat.send({ chatRequest: { ...body, stream: true } }))
+    const stream: any = await valid(
+      name,
+      () => client.chat.send({ chatRequest: { ...body, stream: true } }),
+    )
     let usage: any
     await valid(`${name} (stream)`, async () => {
       for await (const chunk of stream) if (chunk.usage) usage = chunk.usage

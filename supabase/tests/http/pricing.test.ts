@@ -197,7 +197,10 @@ test('the same bodies from an account that can pay: held in full, charged within
   let charged = 0
   for (const u of records) {
     assert.equal(u.overrun_credits, 0, `hold ${u.hold_id} overran`)
-    assert.ok(u.credits_charged <= u.credits_held, `hold ${u.hold_id}: ${u.credits_charged} > ${u.credits_held}`)
+    assert.ok(
+      u.credits_charged <= u.credits_held,
+      `hold ${u.hold_id}: ${u.credits_charged} > ${u.credits_held}`,
+    )
     // The simulator billed every tool schema as prompt (the old estimate saw 2 tokens of "hi").
     assert.ok(u.prompt_tokens > 90 || u.facts.images > 0, `hold ${u.hold_id}: ${u.prompt_tokens}`)
     charged += u.credits_charged
@@ -337,7 +340,11 @@ for (const mode of ['flat', 'cost'] as const) {
           const expected = mode === 'flat' ? c.flat(g) : costCredits(g.cost, markup)
           assert.equal(usage.gateway_usage.credits_charged, expected, what)
           // What the client pays, never upstream's cost.
-          assert.equal(text.slice(text.indexOf('"usage"')).match(/"cost":([^,}]+)/)![1], usd(expected), what)
+          assert.equal(
+            text.slice(text.indexOf('"usage"')).match(/"cost":([^,}]+)/)![1],
+            usd(expected),
+            what,
+          )
           assert.equal(usage.usage.cost_details, null, what)
           const u = await recordOf(a.userId, g.id)
           assert.equal(u.credits_charged, expected, `${what}: the settle`)
@@ -384,6 +391,7 @@ test('a model the catalog learned upstream since its last refresh: refreshed, th
   await db()`update gateway.models_cache set fetched_at = now() - interval '2 minutes' where id`
   const r = await chat(a.key, { model: `${model}~len-2` })
   assert.equal(r.status, 200, r.text)
-  const [row] = await db()`select count(*)::int as n from gateway.model_catalog where model = ${model}`
+  const [row] =
+    await db()`select count(*)::int as n from gateway.model_catalog where model = ${model}`
   assert.equal(row.n, 1, 'the catalog was refreshed')
 })

@@ -135,9 +135,16 @@ Deno.test('requestFacts: the byte bound of the body as it goes upstream, parts, 
   assert.ok(f.prompt_bound >= upstream - image.length - audio.length, `${f.prompt_bound}`)
   assert.ok(f.prompt_bound <= upstream - image.length - audio.length + 110, `${f.prompt_bound}`)
   // `:online` alone pulls the web plugin's default; a number written with an exponent widens.
-  const online = { model: 'x/y:online', messages: [{ role: 'user', content: 'hi' }], temperature: 1e0 }
+  const online = {
+    model: 'x/y:online',
+    messages: [{ role: 'user', content: 'hi' }],
+    temperature: 1e0,
+  }
   const t2 = '{"model":"x/y:online","messages":[{"role":"user","content":"hi"}],"top_k":1e20}'
-  assert.equal(requestFacts(online as ChatCompletionRequest, JSON.stringify(online), 1).web_results, 5)
+  assert.equal(
+    requestFacts(online as ChatCompletionRequest, JSON.stringify(online), 1).web_results,
+    5,
+  )
   const wide = JSON.parse(t2)
   assert.ok(
     requestFacts(wide, t2, 1).prompt_bound >= new TextEncoder().encode(JSON.stringify(wide)).length,
