@@ -5,8 +5,8 @@
 import assert from 'node:assert/strict'
 import { balance, newAccount, settled, usageRecords } from '../lib/accounts.ts'
 import { chat, sseData } from '../lib/http.ts'
-import { simConfig, simGeneration } from '../lib/sim.ts'
-import { GATEWAY_URL, test } from '../lib/stack.ts'
+import { simChatCount, simConfig, simGeneration } from '../lib/sim.ts'
+import { GATEWAY_URL, test, waitFor } from '../lib/stack.ts'
 
 async function assertVoided(userId: number, credits: number) {
   const u = await settled(userId)
@@ -163,6 +163,7 @@ test('client disconnect without generation stats: billed from the count of strea
 test('client disconnect during a non-streamed request: it completes upstream and is billed by usage', async () => {
   const a = await newAccount(500)
   const controller = new AbortController()
+  const upstreamBefore = await simChatCount()
   const pending = fetch(`${GATEWAY_URL}/v1/chat/completions`, {
     method: 'POST',
     headers: { authorization: `Bearer ${a.key}`, 'content-type': 'application/json' },
@@ -172,7 +173,10 @@ test('client disconnect during a non-streamed request: it completes upstream and
     }),
     signal: controller.signal,
   }).catch((e) => e)
-  await new Promise((r) => setTimeout(r, 150))
+  // Hang up once the request is upstream (the simulator holds its answer 500 ms): a fixed wait
+  // could end before the request even reaches the function (a worker starting cold), and a request
+  // abandoned before its admission is rightly never billed.
+  await waitFor('the request upstream', async () => (await simChatCount()) > upstreamBefore)
   controller.abort()
   await pending
   const u = await settled(a.userId)
