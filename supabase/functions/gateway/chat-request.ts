@@ -102,12 +102,17 @@ export function webResults(body: ChatCompletionRequest, models: string[]): numbe
 // beside the client's own stream_options (21), and their commas.
 const REWRITE_BYTES = 24 + 35 + 17 + 21 + 2 + 4
 
+/** Whether upstreamBody re-serialises the body (its text has members JSON.parse merged). */
+function reserialised(text: string, body: ChatCompletionRequest): boolean {
+  return new Set(topLevelMembers(text).map((m) => m.name)).size !== Object.keys(body).length
+}
+
 /**
  * The request's facts. `text` is the JSON `body` was parsed from: the body upstream receives is its
  * members, verbatim, with max_tokens/stream_options rewritten (upstreamBody), so its bytes are at
  * most the text's plus the rewritten members'; or, when the text has duplicate members, the body
- * re-serialised, whose bytes can exceed the text's only through numbers written with an exponent
- * (`1e20` is 21 digits to JSON.stringify). Tokenizers never make fewer than one byte a token, so
+ * re-serialised, whose bytes can exceed the text's (`1e20` is 21 digits to JSON.stringify): then
+ * the greater of the two counts. Tokenizers never make fewer than one byte a token, so
  * the bytes bound every text token upstream bills (messages, names, tools, tool calls, schemas,
  * `prediction`, …). Inline image and audio data are taken out of the bound: they count as parts,
  * each with its allowance. Inline file data stays in it (text-like) and counts as a file as well.
@@ -118,7 +123,7 @@ export function requestFacts(
   lifetimeSeconds: number,
 ): RequestFacts {
   let bytes = Buffer.byteLength(text, 'utf8')
-  if (/\d[eE][-+]?\d/.test(text)) {
+  if (reserialised(text, body)) {
     bytes = Math.max(bytes, Buffer.byteLength(JSON.stringify(body), 'utf8'))
   }
   const parts = { images: 0, audio: 0, files: 0 }
@@ -204,7 +209,8 @@ const REWRITTEN = new Set(['max_tokens', 'max_completion_tokens', 'stream_option
  */
 export function upstreamBody(text: string, body: ChatCompletionRequest, maxTokens: number): string {
   const members = topLevelMembers(text)
-  // The scan must account for every member JSON.parse saw; if it ever did not, re-serialise.
+  // The scan must account for every member JSON.parse saw; if it ever did not, re-serialise
+  // (requestFacts bounds the bytes of either).
   if (new Set(members.map((m) => m.name)).size !== Object.keys(body).length) {
     return serialisedUpstreamBody(body, maxTokens)
   }

@@ -140,14 +140,18 @@ Deno.test('requestFacts: the byte bound of the body as it goes upstream, parts, 
     messages: [{ role: 'user', content: 'hi' }],
     temperature: 1e0,
   }
-  const t2 = '{"model":"x/y:online","messages":[{"role":"user","content":"hi"}],"top_k":1e20}'
+  // Duplicate members and numbers with exponents go upstream as written: the bound is their bytes.
+  const t2 = `{"model":"x/y","messages":[{"role":"user","content":"hi"}],"a":1,"a":[${
+    Array(20).fill('1e20').join(',')
+  }]}`
   assert.equal(
     requestFacts(online as ChatCompletionRequest, JSON.stringify(online), 1).web_results,
     5,
   )
   const wide = JSON.parse(t2)
   assert.ok(
-    requestFacts(wide, t2, 1).prompt_bound >= new TextEncoder().encode(JSON.stringify(wide)).length,
+    requestFacts(wide, t2, 1).prompt_bound >=
+      new TextEncoder().encode(upstreamBody(t2, wide, 2 ** 31 - 1)).length,
   )
 })
 
