@@ -167,8 +167,13 @@ export function voidHold(hold: Hold, reason: string): Promise<unknown> {
 /**
  * Settles in background and says what it charges: computed from the hold without waiting (one
  * committed round trip saved; the balance after it is as of admission), or, when only the settle
- * can know (openrouter/auto served a model outside the candidates), from the settle itself.
+ * can know (openrouter/auto served a model outside the candidates), from the settle itself — for at
+ * most REPORT_WAIT_MS: a settle retrying through a database outage must not hold the response back
+ * (it then reports no charge; the settle still lands).
  */
+/** The longest a response waits for a settle to learn its charge (reportedCharge). */
+const REPORT_WAIT_MS = 2_000
+
 export async function reportedCharge(
   hold: Hold,
   usage: Usage,
@@ -177,7 +182,11 @@ export async function reportedCharge(
   const settling = settle(hold, usage, logged)
   const known = charge(hold, usage)
   if (known) return known
-  const s = await settling
+  let timer: ReturnType<typeof setTimeout> | undefined
+  const s = await Promise.race([
+    settling,
+    new Promise<undefined>((r) => timer = setTimeout(() => r(undefined), REPORT_WAIT_MS)),
+  ]).finally(() => clearTimeout(timer))
   return s?.settled && s.credits_charged !== undefined
     ? settledCharge(hold, s.credits_charged)
     : undefined
