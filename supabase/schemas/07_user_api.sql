@@ -465,7 +465,8 @@ begin
                and (c.tokens_per_hour is null or t.tokens_per_hour <= c.tokens_per_hour)
                and (c.tokens_per_day is null or t.tokens_per_day <= c.tokens_per_day)))
   then
-    perform gateway.raise_fence_escape('rate limits');
+    raise exception using errcode = '42501', hint = 'permission_denied',
+      message = 'a key can only manage keys at least as restricted as itself (rate limits)';
   end if;
   v_revoked := gateway.close_account(k.account_id, k.id, 'key', p_client_ip, now());
   return jsonb_build_object('status', 'deleted', 'user_id', k.account_id, 'keys_revoked', v_revoked);
