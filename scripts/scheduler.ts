@@ -65,7 +65,10 @@ function every(ms: number, task: () => Promise<void>) {
 
 every(releaseMs, release)
 every(reconcileMs, reconcile)
-log('scheduler: running', { release_seconds: releaseMs / 1000, reconcile_seconds: reconcileMs / 1000 })
+log('scheduler: running', {
+  release_seconds: releaseMs / 1000,
+  reconcile_seconds: reconcileMs / 1000,
+})
 for (const signal of ['SIGTERM', 'SIGINT'] as const) {
   Deno.addSignalListener(signal, async () => {
     await sql.end({ timeout: 2 })

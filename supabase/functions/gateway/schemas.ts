@@ -412,7 +412,8 @@ export const ChatCompletion = z.looseObject({
 
 export const ReconcileRequest = z.object({
   min_age_seconds: z.number().int().min(0).max(86_400).optional().openapi({
-    description: 'Open holds admitted at least this long ago (default: longer than a request lives)',
+    description:
+      'Open holds admitted at least this long ago (default: longer than a request lives)',
   }),
   limit: z.number().int().min(1).max(500).optional(),
 }).strict().openapi('ReconcileRequest')
