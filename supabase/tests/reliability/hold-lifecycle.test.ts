@@ -302,3 +302,35 @@ test('reserved admissions of a killed worker are released by the server within s
     await sim.close()
   }
 })
+
+test('read your writes: /user/balance right after a response shows its charge', async () => {
+  const sim = startOwnSimulator()
+  // Settles linger 300 ms for company: a balance read that did not wait for them would miss them.
+  const fn = await startFunctions({
+    upstream: sim.baseUrl,
+    env: { GATEWAY_SETTLE_LINGER_MS: '300', GATEWAY_LOG_REQUESTS: '0' },
+  })
+  try {
+    const start = 1_000_000
+    const a = await newAccount(start, 'read-writes')
+    let charged = 0
+    for (let i = 0; i < 5; i++) {
+      const res = await chat(fn, a.key, { model: 'openai/gpt-4o-mini', max_tokens: 16 })
+      assert.equal(res.status, 200)
+      charged += (await res.json()).gateway_usage.tokens_charged
+      const b = await (await fetch(`${fn.url}/user/balance`, {
+        headers: { authorization: `Bearer ${a.key}` },
+      })).json()
+      assert.equal(b.credits, start - charged, `balance read after request ${i + 1}`)
+      assert.equal(b.held_credits, 0)
+      const m = await fetch(`${fn.url}/user/monitor`, {
+        headers: { authorization: `Bearer ${a.key}` },
+      })
+      assert.equal(m.status, 200)
+      await m.body?.cancel()
+    }
+  } finally {
+    await fn.stop()
+    await sim.close()
+  }
+})
