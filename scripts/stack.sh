@@ -416,10 +416,11 @@ cmd_status() {
 
 case "${1:-start}" in
   start) cmd_start ;;
+  install) ensure_packages ;;
   stop) cmd_stop ;;
   reset) cmd_reset ;;
   status) cmd_status ;;
   banner) banner "${2:-}" ;;
   pgdata) echo "$PGDATA" ;;
-  *) die "usage: scripts/stack.sh [start|stop|reset|status|banner|pgdata]" ;;
+  *) die "usage: scripts/stack.sh [start|install|stop|reset|status|banner|pgdata]" ;;
 esac

@@ -80,6 +80,10 @@ deno_tier() {
   count "$name" junit "$out/$name.xml" $?
 }
 
+# What the steps run with (Debian packages, Deno and the CLI from npm), installed if missing: a
+# fresh clone has no node_modules, and the unit tier runs before the stack would install them.
+bash scripts/stack.sh install || { echo "could not install the tools"; echo "0 passed, 1 failed"; exit 1; }
+
 # Nothing of the stack is needed to start with: the unit tier runs first, before anything starts.
 wants unit && deno_tier unit supabase/tests/unit/ tools/openrouter-sim/
 

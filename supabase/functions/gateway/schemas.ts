@@ -128,6 +128,9 @@ export const UserMonitor = z.object({
     tokens_this_month: z.number(),
     cost_this_month: z.number(),
     average_tokens_per_request: z.number(),
+    total_credits: z.number().openapi({ description: 'Credits charged, all time' }),
+    credits_today: z.number(),
+    credits_this_month: z.number(),
     most_used_model: z.string().nullable(),
     last_request_time: timestamp.nullable(),
   }),
@@ -258,6 +261,8 @@ export const KeyUsage = z.object({
     requests_remaining: z.number().nullable(),
     usage_percentage: z.number().nullable(),
     environment_tag: Environment,
+    tokens_used: z.number().openapi({ description: 'Tokens charged to this key' }),
+    credits_used: z.number().openapi({ description: 'Credits charged to this key' }),
     created_at: timestamp,
     last_used_at: timestamp.nullable(),
   })),
@@ -346,6 +351,8 @@ export const AdminBalances = z.object({
 }).openapi('AdminBalances')
 
 const todayAllTime = z.object({ today: z.number(), all_time: z.number() })
+const usdText = z.string().openapi({ example: '0.0125' })
+const usdMargin = z.object({ charged_usd: usdText, upstream_usd: usdText, margin_usd: usdText })
 export const AdminMonitor = z.object({
   status: z.string().openapi({ example: 'success' }),
   timestamp,
@@ -361,8 +368,25 @@ export const AdminMonitor = z.object({
   }),
   open_holds: z.number(),
   expired_holds_today: z.number(),
+  expired_uncharged: z.object({ today: z.number(), all_time: z.number() }).openapi({
+    description: 'Holds that expired without a settle: credits never taken',
+  }),
+  overruns: z.object({
+    today: z.number(),
+    credits_today: z.number(),
+    all_time: z.number(),
+    credits_all_time: z.number(),
+  }).openapi({ description: 'Requests charged above their hold (gateway.overruns lists them)' }),
+  margin: z.object({ today: usdMargin, all_time: usdMargin }).openapi({
+    description: 'What clients were charged against what upstream cost, in USD (exact decimals)',
+  }),
   top_models_today: z.array(
-    z.object({ model: z.string(), requests: z.number(), tokens: z.number() }),
+    z.object({
+      model: z.string(),
+      requests: z.number(),
+      tokens: z.number(),
+      credits: z.number(),
+    }),
   ),
 }).openapi('AdminMonitor')
 

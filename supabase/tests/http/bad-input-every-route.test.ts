@@ -357,12 +357,14 @@ test('a valid chat body nested 100,000 deep in a pass-through field is billed on
   const sim = startOwnSimulator()
   const fn = await startFunctions({ upstream: sim.baseUrl, env: { GATEWAY_LOG_REQUESTS: '0' } })
   try {
-    const a = await newAccount(1000, 'deep')
+    // The nesting is prompt the simulator bills (a byte a token): credits for all of it.
+    const a = await newAccount(1_000_000, 'deep')
     const res = await fetch(`${fn.url}/v1/chat/completions`, {
       method: 'POST',
       headers: { authorization: `Bearer ${a.key}`, 'content-type': 'application/json' },
       body: `{"model":"openai/gpt-4o-mini~len-3","messages":[{"role":"user","content":"x"}],` +
-        `"max_tokens":5,"tools":${deepJson(100_000)}}`,
+        `"max_tokens":5,"tools":[{"type":"function","function":{"name":"f","parameters":` +
+        `{"type":"object","x":${deepJson(100_000)}}}}]}`,
     })
     assert.equal(res.status, 200, await res.text())
     await waitSettled([a.userId])

@@ -1,5 +1,5 @@
 // Least privilege through a transaction pooler, two ways, measured (docs/PERFORMANCE.md, "The
-// function's role through the pooler"):
+// pooler and the function's role"):
 //
 //   login       the function logs in as gateway_api: one statement per call
 //   set-local   it logs in as postgres and assumes gateway_api in each transaction:
@@ -11,10 +11,10 @@
 // the CPU time Postgres (every `postgres` process) and PgBouncer spent per call, from /proc.
 //
 //   bash scripts/stack.sh start
-//   deno run -A bench/pooler-role.ts [--calls N] [--rounds N]
+//   deno run -A bench/probes/pooler-role.ts [--calls N] [--rounds N]
 
 import postgres from 'postgres'
-import { hashKey, toHex } from '../supabase/functions/_shared/keys.ts'
+import { hashKey, toHex } from '../../supabase/functions/_shared/keys.ts'
 
 const arg = (name: string, fallback: number) => {
   const i = Deno.args.indexOf(`--${name}`)
