@@ -92,8 +92,8 @@ grant execute on function gateway.extend_holds(bigint[], timestamptz, timestampt
 
 -- The server's bound on reserved admissions a worker never used nor gave back (it vanished): those
 -- reserved more than p_older_than_seconds ago are cancelled as gateway.cancel_admissions does
--- (uncounted, unheld, no usage record). A reservation in use was noted (gateway.note_holds) within
--- the function's reserve lifetime (GATEWAY_RESERVE_MS, at most 2 s), so never matches.
+-- (uncounted, unheld, no usage record). A reservation still in use 2.5 s after it was made is noted
+-- then (gateway.note_holds: no longer reserved), so never matches.
 create or replace function gateway.release_reserved_admissions(
   p_older_than_seconds integer default 5,
   p_now timestamptz default now()
@@ -142,7 +142,7 @@ begin
     )
     select x.id, x.account_id, x.key_id, x.model, 0, x.amount, x.max_tokens, 'expired', 'sweeper',
            case when x.generation_id is null then 'hold timed out: released without charge'
-                else 'hold timed out: to be settled from /generation' end,
+                else 'hold timed out: released without charge until settled from /generation' end,
            x.created_at, p_now, x.pricing_mode, x.usd_per_credit, x.dearest, x.prices, x.facts,
            x.generation_id
       from expired x

@@ -1146,8 +1146,8 @@ grant execute on function gateway.extend_holds(bigint[], timestamptz, timestampt
 
 -- The server's bound on reserved admissions a worker never used nor gave back (it vanished): those
 -- reserved more than p_older_than_seconds ago are cancelled as gateway.cancel_admissions does
--- (uncounted, unheld, no usage record). A reservation in use was noted (gateway.note_holds) within
--- the function's reserve lifetime (GATEWAY_RESERVE_MS, at most 2 s), so never matches.
+-- (uncounted, unheld, no usage record). A reservation still in use 2.5 s after it was made is noted
+-- then (gateway.note_holds: no longer reserved), so never matches.
 create or replace function gateway.release_reserved_admissions(
   p_older_than_seconds integer default 5,
   p_now timestamptz default now()

@@ -560,7 +560,7 @@ begin
     )
     select x.id, x.account_id, x.key_id, x.model, 0, x.amount, x.max_tokens, 'expired', 'sweeper',
            case when x.generation_id is null then 'hold timed out: released without charge'
-                else 'hold timed out: to be settled from /generation' end,
+                else 'hold timed out: released without charge until settled from /generation' end,
            x.created_at, p_now, x.pricing_mode, x.usd_per_credit, x.dearest, x.prices, x.facts,
            x.generation_id
       from expired x

@@ -96,7 +96,7 @@ export function take(c: Context, promptTokens: number): Hold | undefined {
   if (i < 0) return undefined
   const [r] = pool.reserved.splice(i, 1)
   // Before anything else: the server releases reserved admissions not noted as taken.
-  notes.taken(r.hold)
+  notes.taken(r.hold, r.expiresAt - config.reserveMs)
   r.hold.balance = pool.balance
   origin.set(r.hold, pool)
   if (low(pool)) reserve(c, pool, r.hold, r.promptTokens)

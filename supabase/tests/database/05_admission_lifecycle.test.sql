@@ -9,6 +9,11 @@ select plan(22);
 
 select date_trunc('hour', now()) + interval '10 minutes 30 seconds' as t \gset
 
+-- The sweeper and the reconcile see every hold of the database: in this transaction (rolled back),
+-- only this file's.
+delete from gateway.holds;
+delete from gateway.usage_records where status = 'expired';
+
 select tests.new_account(100000) as a \gset
 select :'a'::jsonb ->> 'api_key' as ak \gset
 select gateway.reserve_admissions(gateway.hash_key(:'ak'), null, null, 'test/model', 10, 0, 4,
