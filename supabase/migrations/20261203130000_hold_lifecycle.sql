@@ -157,7 +157,8 @@ grant execute on function gateway.expire_stale_holds(timestamptz) to service_rol
 -- Holds to settle from OpenRouter's /generation (the scheduled reconcile, POST
 -- /gateway/internal/reconcile): open ones with a generation id admitted at least p_min_age_seconds
 -- ago (longer than a request can live, so their worker is gone), and expired ones with a generation
--- id not settled yet (within a week). Oldest first, at most p_limit.
+-- id not settled yet (within a week). Newest first, at most p_limit: one whose stats never appear
+-- does not keep the next from being reconciled.
 create or replace function gateway.reconcile_candidates(
   p_min_age_seconds integer,
   p_limit integer default 50,
@@ -171,7 +172,7 @@ set search_path = ''
 as $$
   select coalesce(jsonb_agg(jsonb_build_object(
            'hold_id', c.hold_id, 'generation_id', c.generation_id, 'model', c.model,
-           'expired', c.expired) order by c.created_at, c.hold_id), '[]')
+           'expired', c.expired) order by c.created_at desc, c.hold_id desc), '[]')
     from (
       select h.id as hold_id, h.generation_id, h.model, false as expired, h.created_at
         from gateway.holds h
@@ -182,7 +183,7 @@ as $$
         from gateway.usage_records u
        where u.status = 'expired' and u.generation_id is not null
          and u.settled_at > p_now - interval '7 days'
-      order by created_at, hold_id
+      order by created_at desc, hold_id desc
       limit greatest(least(p_limit, 500), 1)
     ) c
 $$;
