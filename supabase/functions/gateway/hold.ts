@@ -29,6 +29,8 @@ export interface Hold {
   prompt_multiplier: string
   completion_multiplier: string
   limits?: Limits
+  /** When the hold sweeper may expire it (ISO time, from admission); hold-notes.ts extends it. */
+  expires_at?: string
 }
 
 /** Admission's answer when it refuses: `reason` is the machine code (refusals.ts maps it to HTTP). */

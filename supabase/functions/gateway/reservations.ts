@@ -22,6 +22,7 @@ import { toHex } from '../_shared/keys.ts'
 import { describe, inBackground, keepWorker } from './background.ts'
 import { config } from './config.ts'
 import { call, onAdmissionChange } from './db.ts'
+import * as notes from './hold-notes.ts'
 import type { BeginResult, Hold } from './hold.ts'
 import type { Caller } from './identity.ts'
 import { log } from './log.ts'
@@ -94,6 +95,8 @@ export function take(c: Context, promptTokens: number): Hold | undefined {
   const i = pool.reserved.findIndex((r) => r.expiresAt > now && r.promptTokens >= promptTokens)
   if (i < 0) return undefined
   const [r] = pool.reserved.splice(i, 1)
+  // Before anything else: the server releases reserved admissions not noted as taken.
+  notes.taken(r.hold, r.expiresAt - config.reserveMs)
   r.hold.balance = pool.balance
   origin.set(r.hold, pool)
   if (low(pool)) reserve(c, pool, r.hold, r.promptTokens)

@@ -152,3 +152,11 @@ export function voidHold(hold: Hold, reason: string): Promise<unknown> {
     'void_request',
   )
 }
+
+/**
+ * Resolves once every settle this isolate has submitted so far is committed (or failed): the
+ * caller's balance and usage read after it include them (routes/user.ts, read your writes).
+ */
+export function settlesCommitted(): Promise<void> {
+  return settlements.drain()
+}
