@@ -268,6 +268,33 @@ functions_hash() {
   } | sha1sum | cut -c1-40
 }
 
+# The scheduler's secret for POST /internal/reconcile: made once per checkout, kept in .local.
+cron_secret() {
+  [ -s "$LOCAL/cron-secret" ] || head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n' >"$LOCAL/cron-secret"
+  cat "$LOCAL/cron-secret"
+}
+
+# What pg_cron + pg_net do on hosted for the jobs this pg_cron (1.4, no pg_net) cannot run:
+# scripts/scheduler.ts, restarted when its code changed.
+start_scheduler() {
+  local hash
+  hash=$(tree_hash "$ROOT/scripts/scheduler.ts")
+  if pid_alive "$LOCAL/scheduler.pid" && [ "$(cat "$LOCAL/scheduler.hash" 2>/dev/null)" = "$hash" ]; then return; fi
+  stop_pidfile "$LOCAL/scheduler.pid"
+  log "starting the scheduler (reserved admissions released, holds reconciled from /generation)"
+  (
+    load_function_env
+    export SCHEDULER_DB_URL="$DB_URL"
+    export SCHEDULER_GATEWAY_URL="http://127.0.0.1:$FN_PORT/functions/v1/gateway"
+    export GATEWAY_CRON_SECRET="${GATEWAY_CRON_SECRET:-$(cron_secret)}"
+    cd "$ROOT"
+    nohup "$ROOT/node_modules/.bin/deno" run --allow-net --allow-env \
+      scripts/scheduler.ts >"$LOCAL/scheduler.log" 2>&1 &
+    echo $! >"$LOCAL/scheduler.pid"
+  )
+  echo "$hash" >"$LOCAL/scheduler.hash"
+}
+
 start_functions() {
   local hash simulated=0
   upstream_is_simulated && simulated=1
@@ -284,6 +311,7 @@ start_functions() {
     export SUPABASE_URL="http://127.0.0.1:$FN_PORT" SUPABASE_DB_URL="$DB_URL"
     export GATEWAY_DB_URL="${GATEWAY_DB_URL:-$FUNCTION_DB_URL}"
     export FUNCTIONS_PORT=$FN_PORT
+    export GATEWAY_CRON_SECRET="${GATEWAY_CRON_SECRET:-$(cron_secret)}"
     if [ "${STACK_UPSTREAM:-}" = simulator ]; then
       export OPENROUTER_BASE_URL="http://127.0.0.1:$SIM_PORT/api/v1"
     fi
@@ -356,10 +384,12 @@ cmd_start() {
   start_pooler
   if upstream_is_simulated; then start_simulator; fi
   start_functions
+  start_scheduler
   banner
 }
 
 cmd_stop() {
+  stop_pidfile "$LOCAL/scheduler.pid"
   stop_pidfile "$LOCAL/functions.pid"
   stop_pidfile "$LOCAL/sim.pid"
   stop_pooler
@@ -381,6 +411,7 @@ cmd_status() {
   pooler_running && echo "pgbouncer  running  127.0.0.1:$POOLER_PORT (transaction mode)" || echo "pgbouncer  stopped"
   pid_alive "$LOCAL/sim.pid" && echo "simulator  running  http://127.0.0.1:$SIM_PORT/api/v1" || echo "simulator  stopped"
   pid_alive "$LOCAL/functions.pid" && echo "functions  running  http://127.0.0.1:$FN_PORT/functions/v1/" || echo "functions  stopped"
+  pid_alive "$LOCAL/scheduler.pid" && echo "scheduler  running  (reserved admissions, reconcile)" || echo "scheduler  stopped"
 }
 
 case "${1:-start}" in

@@ -23,7 +23,8 @@ create table gateway.holds (
   pricing_mode text not null,
   usd_per_credit numeric not null,
   facts jsonb not null,
-  expires_at timestamptz not null
+  expires_at timestamptz not null,
+  generation_id text
 ) with (autovacuum_vacuum_scale_factor = 0.02, autovacuum_vacuum_threshold = 1000);
 comment on table gateway.holds is
   'Open holds only: credits reserved for a request in flight, the worst case of its facts at the '
@@ -36,6 +37,9 @@ comment on column gateway.holds.prices is
   'settle charges the served model''s (gateway.served_price).';
 comment on column gateway.holds.expires_at is
   'Admission + greatest(hold_timeout_seconds, the request''s lifetime): when the sweeper may expire it.';
+comment on column gateway.holds.generation_id is
+  'OpenRouter''s generation id, noted when upstream answered (gateway.note_holds): a hold whose '
+  'worker died is settled from /generation by it (gateway.reconcile_candidates).';
 comment on column gateway.holds.reserved is
   'Admitted ahead of its request by gateway.reserve_admissions. Only such holds can be cancelled '
   '(gateway.cancel_admissions); settle, void and the sweeper close them like any other.';
@@ -973,3 +977,104 @@ end
 $$;
 revoke execute on function gateway.cancel_admissions(bigint[]) from public;
 grant execute on function gateway.cancel_admissions(bigint[]) to gateway_api;
+
+-- What the function learns about a hold after admission, noted in one call for many holds: the
+-- request took it (reserved = false: a reserved admission in use is never released as unused) and,
+-- when upstream answered, its generation id (null keeps the one noted). Returns how many were open.
+create or replace function gateway.note_holds(
+  p_hold_ids bigint[],
+  p_generation_ids text[]
+)
+returns integer
+language plpgsql
+security definer
+set search_path = ''
+set enable_seqscan = off
+as $$
+declare
+  v_count integer;
+begin
+  if cardinality(p_hold_ids) is distinct from cardinality(p_generation_ids) then
+    raise exception using errcode = '22023', hint = 'invalid_request',
+      message = 'hold ids and generation ids must be arrays of the same length';
+  end if;
+  if exists (select from unnest(p_generation_ids) g (id) where length(g.id) > 256) then
+    raise exception using errcode = '22023', hint = 'invalid_request',
+      message = 'a generation id has at most 256 characters';
+  end if;
+  -- Rows locked in id order (two calls never wait on each other in a cycle); a hold closed
+  -- meanwhile is simply not found.
+  with n as (
+    select distinct on (t.id) t.id, t.gen
+      from unnest(p_hold_ids, p_generation_ids) t (id, gen)
+     order by t.id, t.gen nulls last
+  ), l as (
+    select h.id from gateway.holds h join n on n.id = h.id order by h.id for update of h
+  ), u as (
+    update gateway.holds h
+       set reserved = false, generation_id = coalesce(n.gen, h.generation_id)
+      from n, l
+     where h.id = n.id and l.id = n.id
+    returning h.id
+  )
+  select count(*) into v_count from u;
+  return v_count;
+end
+$$;
+revoke execute on function gateway.note_holds(bigint[], text[]) from public;
+grant execute on function gateway.note_holds(bigint[], text[]) to gateway_api;
+
+-- Keeps holds whose requests still run from expiring: expires_at moves to p_until (never earlier,
+-- at most a day ahead). Returns how many were open.
+create or replace function gateway.extend_holds(
+  p_hold_ids bigint[],
+  p_until timestamptz,
+  p_now timestamptz default now()
+)
+returns integer
+language plpgsql
+security definer
+set search_path = ''
+set enable_seqscan = off
+as $$
+declare
+  v_count integer;
+begin
+  with l as (
+    select h.id from gateway.holds h where h.id = any(p_hold_ids) order by h.id for update
+  ), u as (
+    update gateway.holds h
+       set expires_at = greatest(h.expires_at, least(p_until, p_now + interval '1 day'))
+      from l
+     where h.id = l.id
+    returning h.id
+  )
+  select count(*) into v_count from u;
+  return v_count;
+end
+$$;
+revoke execute on function gateway.extend_holds(bigint[], timestamptz, timestamptz) from public;
+grant execute on function gateway.extend_holds(bigint[], timestamptz, timestamptz) to gateway_api;
+
+-- The server's bound on reserved admissions a worker never used nor gave back (it vanished): those
+-- reserved more than p_older_than_seconds ago are cancelled as gateway.cancel_admissions does
+-- (uncounted, unheld, no usage record). A reservation still in use 2.5 s after it was made is noted
+-- then (gateway.note_holds: no longer reserved), so never matches.
+create or replace function gateway.release_reserved_admissions(
+  p_older_than_seconds integer default 5,
+  p_now timestamptz default now()
+)
+returns integer
+language plpgsql
+security definer
+set search_path = ''
+as $$
+begin
+  return gateway.cancel_admissions(array(
+    select h.id from gateway.holds h
+     where h.reserved
+       and h.created_at <= p_now - make_interval(secs => greatest(p_older_than_seconds, 1))));
+end
+$$;
+revoke execute on function gateway.release_reserved_admissions(integer, timestamptz) from public;
+grant execute on function gateway.release_reserved_admissions(integer, timestamptz) to service_role;

@@ -76,6 +76,8 @@ create index usage_records_account_id_idx on gateway.usage_records (account_id, 
 create index usage_records_created_at_brin on gateway.usage_records using brin (created_at);
 create index usage_records_overrun_idx on gateway.usage_records (settled_at)
   where overrun_credits > 0;
+create index usage_records_unreconciled_idx on gateway.usage_records (settled_at)
+  where status = 'expired' and generation_id is not null;
 alter table gateway.usage_records enable row level security;
 create policy no_api_access on gateway.usage_records
   for all to anon, authenticated using (false) with check (false);
@@ -499,7 +501,8 @@ revoke execute on function gateway.void_request(bigint, text, timestamptz) from 
 grant execute on function gateway.void_request(bigint, text, timestamptz) to gateway_api;
 
 -- Voids every hold past its expires_at, without charge, each recorded as status expired, settled_by
--- sweeper, with its prices: a settle that still comes charges it (settle_hold).
+-- sweeper, with its prices and generation id: a settle that still comes charges it (settle_hold),
+-- and one with a generation id is settled from /generation (gateway.reconcile_candidates).
 create or replace function gateway.expire_stale_holds(p_now timestamptz default now())
 returns integer
 language plpgsql
@@ -522,11 +525,13 @@ begin
     insert into gateway.usage_records (
       hold_id, account_id, key_id, model, credits_charged, credits_held, max_tokens, status,
       settled_by, note, created_at, settled_at, pricing_mode, usd_per_credit, price, candidates,
-      facts
+      facts, generation_id
     )
     select x.id, x.account_id, x.key_id, x.model, 0, x.amount, x.max_tokens, 'expired', 'sweeper',
-           'hold timed out: released without charge', x.created_at, p_now, x.pricing_mode,
-           x.usd_per_credit, x.dearest, x.prices, x.facts
+           case when x.generation_id is null then 'hold timed out: released without charge'
+                else 'hold timed out: released without charge until settled from /generation' end,
+           x.created_at, p_now, x.pricing_mode, x.usd_per_credit, x.dearest, x.prices, x.facts,
+           x.generation_id
       from expired x
   )
   select count(*) into v_count from expired;
@@ -535,3 +540,39 @@ end
 $$;
 revoke execute on function gateway.expire_stale_holds(timestamptz) from public;
 grant execute on function gateway.expire_stale_holds(timestamptz) to service_role;
+
+-- Holds to settle from OpenRouter's /generation (the scheduled reconcile, POST
+-- /gateway/internal/reconcile): open ones with a generation id admitted at least p_min_age_seconds
+-- ago (longer than a request can live, so their worker is gone), and expired ones with a generation
+-- id not settled yet (within a week). Newest first, at most p_limit: one whose stats never appear
+-- does not keep the next from being reconciled.
+create or replace function gateway.reconcile_candidates(
+  p_min_age_seconds integer,
+  p_limit integer default 50,
+  p_now timestamptz default now()
+)
+returns jsonb
+language sql
+stable
+security definer
+set search_path = ''
+as $$
+  select coalesce(jsonb_agg(jsonb_build_object(
+           'hold_id', c.hold_id, 'generation_id', c.generation_id, 'model', c.model,
+           'expired', c.expired) order by c.created_at desc, c.hold_id desc), '[]')
+    from (
+      select h.id as hold_id, h.generation_id, h.model, false as expired, h.created_at
+        from gateway.holds h
+       where h.generation_id is not null
+         and h.created_at <= p_now - make_interval(secs => greatest(p_min_age_seconds, 0))
+      union all
+      select u.hold_id, u.generation_id, u.model, true, u.created_at
+        from gateway.usage_records u
+       where u.status = 'expired' and u.generation_id is not null
+         and u.settled_at > p_now - interval '7 days'
+      order by created_at desc, hold_id desc
+      limit greatest(least(p_limit, 500), 1)
+    ) c
+$$;
+revoke execute on function gateway.reconcile_candidates(integer, integer, timestamptz) from public;
+grant execute on function gateway.reconcile_candidates(integer, integer, timestamptz) to gateway_api;

@@ -449,6 +449,25 @@ begin
   perform gateway.raise_fence_escape(min(gateway.fence_escape(x, k)))
      from gateway.api_keys x
     where x.account_id = k.account_id and x.deleted_at is null;
+  -- Rate limits of its own are a fence too (fence_escape, in 03_keys, cannot see them): a key with
+  -- them deletes the account only if every other key has its own, each at most the caller's.
+  if exists (select from gateway.key_rate_limits c where c.key_id = k.id)
+     and exists (
+       select from gateway.api_keys x
+        where x.account_id = k.account_id and x.deleted_at is null and x.id <> k.id
+          and not exists (
+            select from gateway.key_rate_limits c, gateway.key_rate_limits t
+             where c.key_id = k.id and t.key_id = x.id
+               and (c.requests_per_minute is null or t.requests_per_minute <= c.requests_per_minute)
+               and (c.requests_per_hour is null or t.requests_per_hour <= c.requests_per_hour)
+               and (c.requests_per_day is null or t.requests_per_day <= c.requests_per_day)
+               and (c.tokens_per_minute is null or t.tokens_per_minute <= c.tokens_per_minute)
+               and (c.tokens_per_hour is null or t.tokens_per_hour <= c.tokens_per_hour)
+               and (c.tokens_per_day is null or t.tokens_per_day <= c.tokens_per_day)))
+  then
+    raise exception using errcode = '42501', hint = 'permission_denied',
+      message = 'a key can only manage keys at least as restricted as itself (rate limits)';
+  end if;
   v_revoked := gateway.close_account(k.account_id, k.id, 'key', p_client_ip, now());
   return jsonb_build_object('status', 'deleted', 'user_id', k.account_id, 'keys_revoked', v_revoked);
 end

@@ -49,3 +49,13 @@ select cron.schedule(
 select cron.schedule(
   'gateway-purge-idempotency-keys', '17 * * * *', $$select gateway.purge_idempotency_keys()$$
 );
+-- Reserved admissions a vanished worker never gave back stop holding credits and window counts
+-- within seconds: pg_cron 1.5+ (hosted Supabase) runs this every 5 s; an older pg_cron once a
+-- minute, and the local stack's scheduler (scripts/scheduler.ts) every 2 s besides.
+select cron.schedule(
+  'gateway-release-reserved-admissions',
+  case when (select string_to_array(split_part(e.extversion, '-', 1), '.')::integer[]
+               from pg_catalog.pg_extension e where e.extname = 'pg_cron') >= array[1, 5]
+       then '5 seconds' else '* * * * *' end,
+  $$select gateway.release_reserved_admissions()$$
+);

@@ -14,6 +14,7 @@ import { ApiError, errorResponse } from './errors.ts'
 import { log, type LogFields } from './log.ts'
 import { adminRoutes } from './routes/admin.ts'
 import { chatRoutes } from './routes/chat.ts'
+import { internalRoutes } from './routes/internal.ts'
 import { type AppEnv, json, router } from './routes/common.ts'
 import { keyRoutes } from './routes/keys.ts'
 import { publicRoutes } from './routes/public.ts'
@@ -166,6 +167,7 @@ export function buildApp() {
   app.route('/', keyRoutes)
   app.route('/', adminRoutes)
   app.route('/', chatRoutes)
+  app.route('/', internalRoutes)
 
   app.openAPIRegistry.registerComponent('securitySchemes', 'bearerAuth', {
     type: 'http',

@@ -36,17 +36,33 @@ export interface BatcherOptions<T, R> {
 export class Batcher<T, R> {
   #queue: Queued<T, R>[] = []
   #calls = 0
+  /** Every item submitted and not answered yet (drain). */
+  #pending = new Set<Promise<unknown>>()
   #lingering: ReturnType<typeof setTimeout> | undefined
 
   constructor(private readonly opts: BatcherOptions<T, R>) {}
 
   /** The item's result, from whichever call takes it. `urgent`: no lingering for this one. */
   submit(item: T, urgent = false): Promise<R> {
-    return new Promise<R>((resolve, reject) => {
+    const answer = new Promise<R>((resolve, reject) => {
       this.#queue.push({ item, resolve, reject })
       this.#flush(urgent)
       this.#keep()
     })
+    const tracked = answer.then(() => {}, () => {})
+    this.#pending.add(tracked)
+    tracked.then(() => this.#pending.delete(tracked))
+    return answer
+  }
+
+  /**
+   * Resolves once every item submitted before this call is answered (or failed), sending what
+   * lingers at once: a read that must see this isolate's own writes waits for it.
+   */
+  drain(): Promise<void> {
+    if (this.#pending.size === 0) return Promise.resolve()
+    this.flushNow()
+    return Promise.all([...this.#pending]).then(() => {})
   }
 
   /** Sends what is queued now, lingering no more (the worker is about to go). */

@@ -137,7 +137,12 @@ async function read(
   } catch (err) {
     // The rest of the body is not wanted: release the connection's stream (the runtime closes it).
     reader.cancel().catch(() => {})
-    throw err
+    if (err instanceof ApiError) throw err
+    // The stream broke (the client hung up mid-body, or its framing was wrong): the client's doing,
+    // not an unhandled error (a 500 and an error line that anyone could write at will).
+    throw new ApiError(400, 'The request body ended before it was complete', {
+      code: 'incomplete_body',
+    })
   } finally {
     clearTimeout(timer)
   }

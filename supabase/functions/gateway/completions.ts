@@ -27,6 +27,7 @@ import type { LogFields } from './log.ts'
 import { settleWithoutUsage } from './recovery.ts'
 import { rateLimitHeaders } from './refusals.ts'
 import { reportedCharge, SETTLE_RETRY_MS, voidHold } from './settlement.ts'
+import * as notes from './hold-notes.ts'
 import { MeteredStream } from './sse.ts'
 import {
   postChat,
@@ -127,6 +128,8 @@ async function forward(
   }
 
   const generationId = res.headers.get('x-generation-id')
+  // Noted at once: if this worker dies before the settle, the reconcile bills it by this id.
+  notes.generation(hold, generationId)
   const idHeader: Record<string, string> = generationId ? { 'x-generation-id': generationId } : {}
   // Errors after upstream answered name its generation, for support and reconciliation.
   const fail = (err: ApiError) => withHeaders(err, idHeader)
@@ -163,6 +166,8 @@ async function forward(
       startedAt,
       call,
       idleTimeoutMs: config.streamIdleTimeoutMs,
+      deadline: startedAt + config.streamMaxSeconds * 1000,
+      stallMs: config.clientStallSeconds * 1000,
     })
     return new Response(stream.readable, { headers: { ...SSE_HEADERS, ...limits, ...idHeader } })
   }

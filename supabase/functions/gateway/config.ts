@@ -55,11 +55,25 @@ export const config = {
   /** A stream that sends nothing (not even a keep-alive comment) for this long is cut. */
   streamIdleTimeoutMs: intEnv('GATEWAY_STREAM_IDLE_TIMEOUT_MS', 120_000),
   /**
-   * The longest a stream may run (GATEWAY_STREAM_MAX_SECONDS): it sizes the request's
-   * `lifetime_seconds` (completions.ts, requestLifetimeSeconds), so that no hold expires while its
-   * stream may still run; sse.ts cuts a stream that reaches it.
+   * The longest a streamed completion may run, from its admission (sse.ts): then upstream is
+   * aborted, the client gets a last chunk with finish_reason "length" and [DONE], and the request
+   * is billed for what was generated. Keep it below what a worker can guarantee: a worker takes
+   * new requests until half its wall clock (hosted: 150 s Free, 400 s paid), so a stream begun just
+   * before that has half the wall clock left (75 s / 200 s) before the worker is killed — a stream
+   * cut by the kill is settled by the reconcile from /generation instead (hold-notes.ts).
    */
   streamMaxSeconds: Math.max(intEnv('GATEWAY_STREAM_MAX_SECONDS', 300), 1),
+  /**
+   * A client that reads nothing of its stream for this long (its buffers full) is cut like a stream
+   * past its maximum: upstream stops generating for it and the worker's memory is freed. Well under
+   * the hold timeout (hold_timeout_seconds, 900 s by default).
+   */
+  clientStallSeconds: Math.max(intEnv('GATEWAY_CLIENT_STALL_SECONDS', 30), 1),
+  /**
+   * The scheduler's secret for POST /gateway/internal/reconcile (pg_cron + pg_net on hosted, the
+   * stack's scheduler locally). Unset: the route answers 404; admins use /gateway/admin/reconcile.
+   */
+  cronSecret: env('GATEWAY_CRON_SECRET'),
   /**
    * After a client disconnect, OpenRouter's /generation stats appear a few seconds later; these are
    * the waits (ms) between lookups before falling back to counting what was streamed.
@@ -80,7 +94,9 @@ export const config = {
    * that make a context busy.
    */
   reserveCount: Math.min(intEnv('GATEWAY_RESERVE_ADMISSIONS', 32), 64),
-  reserveMs: Math.max(intEnv('GATEWAY_RESERVE_MS', 1000), 1),
+  // At most 2 s: the server releases reserved admissions not taken within 5 s
+  // (gateway.release_reserved_admissions), and a taken one is noted as soon as it is taken.
+  reserveMs: Math.min(Math.max(intEnv('GATEWAY_RESERVE_MS', 1000), 1), 2000),
   reserveAfter: intEnv('GATEWAY_RESERVE_AFTER', 8),
 
   /** Chat completion bodies larger than this are refused with 413 (prompts can be large). */

@@ -56,6 +56,9 @@ const FUNCTIONS = {
   cancel_admissions: {},
   idempotency_begin: {},
   idempotency_complete: {},
+  note_holds: {},
+  extend_holds: {},
+  reconcile_candidates: {},
 } satisfies Record<string, SqlFunctionSpec>
 
 export type SqlFunction = keyof typeof FUNCTIONS

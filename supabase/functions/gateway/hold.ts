@@ -25,7 +25,8 @@ export interface Hold {
   balance: number
   /** Credits neither spent nor held once this hold was placed. */
   available_credits: number
-  /** When the sweeper may release the hold (admission + the request's lifetime or more). */
+  /** When the hold sweeper may expire it (ISO time: admission + the request's lifetime or more);
+   * hold-notes.ts extends it. */
   expires_at: string
   /** What the settle will charge by (credits.ts reports it without waiting). */
   pricing: Pricing

@@ -21,3 +21,8 @@ export function opened(hold: Hold): Hold {
 export function closed(hold: Hold): void {
   if (open.delete(hold.hold_id) && open.size === 0) keepWorker('holds', false)
 }
+
+/** Whether `holdId` is still open in this worker (admitted here, neither settled nor voided). */
+export function isOpen(holdId: number): boolean {
+  return open.has(holdId)
+}

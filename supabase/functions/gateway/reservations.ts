@@ -25,6 +25,7 @@ import { describe, inBackground, keepWorker } from './background.ts'
 import { config } from './config.ts'
 import { call, onAdmissionChange } from './db.ts'
 import type { RequestFacts } from './chat-request.ts'
+import * as notes from './hold-notes.ts'
 import type { BeginResult, Hold } from './hold.ts'
 import type { Caller } from './identity.ts'
 import { log } from './log.ts'
@@ -90,6 +91,8 @@ export function take(who: Caller, facts: RequestFacts): Hold | undefined {
   const i = pool.reserved.findIndex((r) => r.expiresAt > now && r.promptBound >= facts.prompt_bound)
   if (i < 0) return undefined
   const [r] = pool.reserved.splice(i, 1)
+  // Before anything else: the server releases reserved admissions not noted as taken.
+  notes.taken(r.hold, r.expiresAt - config.reserveMs)
   r.hold.balance = pool.balance
   origin.set(r.hold, pool)
   if (low(pool)) reserve(who, facts, pool, r.hold, r.promptBound)

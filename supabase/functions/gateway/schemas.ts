@@ -455,3 +455,19 @@ export const ChatCompletion = z.looseObject({
 }).openapi('ChatCompletion', {
   description: "OpenRouter's completion as it came, with the gateway's `gateway_usage` added",
 })
+
+export const ReconcileRequest = z.object({
+  min_age_seconds: z.number().int().min(0).max(86_400).optional().openapi({
+    description:
+      'Open holds admitted at least this long ago (default: longer than a request lives)',
+  }),
+  limit: z.number().int().min(1).max(500).optional(),
+}).strict().openapi('ReconcileRequest')
+
+export const ReconcileReport = z.object({
+  candidates: z.number(),
+  settled: z.number(),
+  credits_charged: z.number(),
+  pending: z.number(),
+  already_settled: z.number(),
+}).openapi('ReconcileReport')

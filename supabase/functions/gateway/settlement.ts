@@ -165,15 +165,23 @@ export function voidHold(hold: Hold, reason: string): Promise<unknown> {
 }
 
 /**
+ * Resolves once every settle this isolate has submitted so far is committed (or failed): the
+ * caller's balance and usage read after it include them (routes/user.ts, read your writes).
+ */
+export function settlesCommitted(): Promise<void> {
+  return settlements.drain()
+}
+
+/** The longest a response waits for a settle to learn its charge (reportedCharge). */
+const REPORT_WAIT_MS = 2_000
+
+/**
  * Settles in background and says what it charges: computed from the hold without waiting (one
  * committed round trip saved; the balance after it is as of admission), or, when only the settle
  * can know (openrouter/auto served a model outside the candidates), from the settle itself — for at
  * most REPORT_WAIT_MS: a settle retrying through a database outage must not hold the response back
  * (it then reports no charge; the settle still lands).
  */
-/** The longest a response waits for a settle to learn its charge (reportedCharge). */
-const REPORT_WAIT_MS = 2_000
-
 export async function reportedCharge(
   hold: Hold,
   usage: Usage,

@@ -10,6 +10,13 @@
 // whatever is known: the usage chunk, else OpenRouter's generation stats, else our own count. A
 // broken upstream stream (cut, malformed event, idle too long) ends with an OpenAI-style error event
 // and is settled the same way. Exactly one settle or none is started per stream (`#finished`).
+//
+// Two bounds keep a stream inside its hold and its worker (config.ts): a maximum duration from the
+// admission (GATEWAY_STREAM_MAX_SECONDS) and a client stall (GATEWAY_CLIENT_STALL_SECONDS: nothing
+// taken by the client's connection for that long). On either, upstream is aborted, the client gets
+// a last chunk with finish_reason "length" (native_finish_reason says why) and [DONE], and the
+// request is billed like a client that left: from /generation, else our count. A hold that could
+// expire before the stream's end is extended in time (hold-notes.ts, keepAlive).
 
 import {
   appendMember,
@@ -18,6 +25,7 @@ import {
   usageCounts,
   withClientUsage,
 } from './gateway-usage.ts'
+import { keepAlive } from './hold-notes.ts'
 import type { Hold, Outcome, Usage } from './hold.ts'
 import { settleWithoutUsage } from './recovery.ts'
 import { reportedCharge, settle } from './settlement.ts'
@@ -36,13 +44,24 @@ export interface StreamMeta {
   startedAt: number
   call: UpstreamCall
   idleTimeoutMs: number
+  /** Epoch ms when the stream is cut (its maximum duration, counted from the admission). */
+  deadline: number
+  /** A client that takes nothing for this long is cut. */
+  stallMs: number
 }
+
+/** Why the gateway itself ended a stream early. */
+type Cut = 'max_duration' | 'client_stall'
 
 const encoder = new TextEncoder()
 const DONE = 'data: [DONE]\n\n'
 
 class IdleTimeout extends Error {
   override name = 'IdleTimeout'
+}
+
+class StreamCut extends Error {
+  override name = 'StreamCut'
 }
 
 function errorEvent(message: string, code: string): string {
@@ -57,33 +76,96 @@ export class MeteredStream extends UpstreamEvents {
   readonly #decoder = new TextDecoder()
   #finished = false
   #idle = false
+  #cut: Cut | null = null
+  #pulling = false
+  #controller: ReadableStreamDefaultController<Uint8Array> | undefined
+  #deadlineTimer: ReturnType<typeof setTimeout> | undefined
+  #stallTimer: ReturnType<typeof setTimeout> | undefined
+  #stopKeepAlive: () => void
 
   constructor(upstream: ReadableStream<Uint8Array>, meta: StreamMeta) {
     super(meta.generationId)
     this.#meta = meta
     this.#reader = upstream.getReader()
     this.readable = new ReadableStream<Uint8Array>({
+      start: (c) => {
+        this.#controller = c
+      },
       pull: (c) => this.#pull(c),
       cancel: () => this.#clientGone(),
     }, { highWaterMark: 0 })
+    this.#deadlineTimer = setTimeout(
+      () => this.#cutNow('max_duration'),
+      Math.max(0, meta.deadline - Date.now()),
+    )
+    this.#stopKeepAlive = keepAlive(meta.hold, meta.deadline)
   }
 
   async #pull(c: ReadableStreamDefaultController<Uint8Array>): Promise<void> {
-    for (;;) {
-      let read: ReadableStreamReadResult<Uint8Array>
-      let out: string
-      try {
-        read = await this.#read()
-        if (read.done) return await this.#end(c)
-        out = this.feed(this.#decoder.decode(read.value, { stream: true }))
-      } catch (err) {
-        return this.#fail(c, err)
+    clearTimeout(this.#stallTimer)
+    this.#pulling = true
+    try {
+      for (;;) {
+        let read: ReadableStreamReadResult<Uint8Array>
+        let out: string
+        try {
+          read = await this.#read()
+          if (this.#cut) return this.#endCut(c)
+          if (read.done) return await this.#end(c)
+          out = this.feed(this.#decoder.decode(read.value, { stream: true }))
+        } catch (err) {
+          return this.#fail(c, err)
+        }
+        if (out) {
+          c.enqueue(encoder.encode(out))
+          // The next pull comes when the client's connection took this: until then it stalls.
+          if (!this.#finished) {
+            this.#stallTimer = setTimeout(() => this.#cutNow('client_stall'), this.#meta.stallMs)
+          }
+          return
+        }
       }
-      if (out) {
-        c.enqueue(encoder.encode(out))
-        return
-      }
+    } finally {
+      this.#pulling = false
     }
+  }
+
+  /** The stream is past its maximum duration, or its client stalled: end it now. */
+  #cutNow(why: Cut): void {
+    if (this.#finished || this.#cut) return
+    this.#cut = why
+    // A pull waiting on upstream ends it once the abort fails its read; else it ends here.
+    this.#meta.call.abort()
+    if (!this.#pulling && this.#controller) this.#endCut(this.#controller)
+  }
+
+  /** Ends a stream the gateway cut: a last chunk (finish_reason length), [DONE]; billed as left. */
+  #endCut(c: ReadableStreamDefaultController<Uint8Array>): void {
+    if (this.#finished) return
+    this.#finished = true
+    this.#stopTimers()
+    this.#meta.call.abort()
+    this.#reader.cancel().catch(() => {})
+    this.#settleKnown('cancelled')
+    const last = {
+      id: this.generationId ?? `gen-cut-${this.#meta.hold.hold_id}`,
+      object: 'chat.completion.chunk',
+      created: Math.floor(Date.now() / 1000),
+      model: this.#billedModel(),
+      choices: [{
+        index: 0,
+        delta: {},
+        finish_reason: 'length',
+        native_finish_reason: `gateway_${this.#cut}`,
+      }],
+    }
+    this.#close(c, `data: ${JSON.stringify(last)}\n\n${DONE}`)
+  }
+
+  #stopTimers(): void {
+    clearTimeout(this.#deadlineTimer)
+    clearTimeout(this.#stallTimer)
+    this.#stopKeepAlive()
   }
 
   /** One upstream read, cut when upstream stays silent longer than the idle timeout. */
@@ -95,6 +177,7 @@ export class MeteredStream extends UpstreamEvents {
     try {
       return await this.#reader.read()
     } catch (err) {
+      if (this.#cut) throw new StreamCut(this.#cut)
       throw this.#idle ? new IdleTimeout('upstream stream idle') : err
     } finally {
       clearTimeout(timer)
@@ -155,6 +238,7 @@ export class MeteredStream extends UpstreamEvents {
       return this.#fail(c, err)
     }
     this.#finished = true
+    this.#stopTimers()
     this.#meta.call.done()
     const outcome = this.sawError ? 'upstream_error' : 'success'
     const settled = this.#reported(outcome)
@@ -174,8 +258,10 @@ export class MeteredStream extends UpstreamEvents {
 
   /** Upstream broke (cut, malformed, idle): tell the client in-stream, settle what is known. */
   #fail(c: ReadableStreamDefaultController<Uint8Array>, err: unknown): void {
+    if (err instanceof StreamCut) return this.#endCut(c)
     if (this.#finished) return
     this.#finished = true
+    this.#stopTimers()
     this.#meta.call.abort()
     this.#reader.cancel().catch(() => {})
     this.#settleKnown('upstream_error')
@@ -197,6 +283,7 @@ export class MeteredStream extends UpstreamEvents {
   #clientGone(): void {
     if (this.#finished) return
     this.#finished = true
+    this.#stopTimers()
     this.#meta.call.abort()
     this.#reader.cancel().catch(() => {})
     this.#settleKnown('cancelled')

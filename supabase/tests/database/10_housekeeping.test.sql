@@ -10,8 +10,13 @@ select set_eq(
   $$select jobname || ' ' || schedule || ' ' || command from cron.job where jobname like 'gateway-%'$$,
   array['gateway-expire-stale-holds * * * * * select gateway.expire_stale_holds()',
         'gateway-purge-rate-windows */5 * * * * select gateway.purge_rate_windows()',
-        'gateway-purge-idempotency-keys 17 * * * * select gateway.purge_idempotency_keys()'],
-  'the three housekeeping jobs are scheduled');
+        'gateway-purge-idempotency-keys 17 * * * * select gateway.purge_idempotency_keys()',
+        'gateway-release-reserved-admissions '
+          || case when (select string_to_array(split_part(extversion, '-', 1), '.')::integer[]
+                          from pg_extension where extname = 'pg_cron') >= array[1, 5]
+                  then '5 seconds' else '* * * * *' end
+          || ' select gateway.release_reserved_admissions()'],
+  'the four housekeeping jobs are scheduled (reserved admissions every 5 s on pg_cron 1.5+)');
 
 select jobid as old_jobid from cron.job where jobname = 'gateway-expire-stale-holds' \gset
 select cron.schedule('gateway-expire-stale-holds', '* * * * *', $$select gateway.expire_stale_holds()$$)

@@ -3,7 +3,7 @@
 -- stored fields, an adjustment that takes held credits, a done idempotency entry without a response.
 begin;
 \ir _helpers.sql
-select plan(41);
+select plan(45);
 
 -- 4. A key with a limit of its own is a spending key ---------------------------------------------------
 select tests.new_account(100000) as a \gset
@@ -38,6 +38,27 @@ select is(gateway.update_key(:'ch', null, null, (:'capped'::jsonb ->> 'key_id'):
           '2', 'it may rename itself and lower its cap');
 select gateway.rotate_key(:'ch', null, null, (:'capped'::jsonb ->> 'key_id')::bigint, 0) as rot \gset
 select is((:'rot'::jsonb ->> 'requests_used')::int, 1, 'and rotate itself: its count goes with it');
+
+-- A key with rate limits of its own is a spending key too: deleting the account would revoke the
+-- primary key and every sibling (the account's keys, profile and the use of its credits).
+select tests.new_account(1000) as rl \gset
+select tests.h(:'rl'::jsonb ->> 'api_key') as rl_owner \gset
+select gateway.create_key(:'rl_owner', null, null, '{"name":"contractor"}') as rl_key \gset
+select gateway.set_key_rate_limits((:'rl_key'::jsonb ->> 'key_id')::bigint, '{"requests_per_minute":2}');
+select is(tests.error_of(format($$select gateway.delete_account(%L, null, null)$$,
+                                tests.h(:'rl_key'::jsonb ->> 'api_key'))),
+          '42501:permission_denied',
+          'a key with rate limits of its own cannot delete its account while a key without them exists');
+select is(gateway.user_balance(:'rl_owner', null, null) ->> 'credits', '1000',
+          'the primary key still works and the account keeps its credits');
+-- Once every other key is at least as limited, the account may go (nothing is less restricted).
+select gateway.set_key_rate_limits((:'rl'::jsonb ->> 'key_id')::bigint, '{"requests_per_minute":3}');
+select is(tests.error_of(format($$select gateway.delete_account(%L, null, null)$$,
+                                tests.h(:'rl_key'::jsonb ->> 'api_key'))),
+          '42501:permission_denied', 'nor while another key''s own limits are looser than its own');
+select gateway.set_key_rate_limits((:'rl'::jsonb ->> 'key_id')::bigint, '{"requests_per_minute":2,"tokens_per_day":10}');
+select is(gateway.delete_account(tests.h(:'rl_key'::jsonb ->> 'api_key'), null, null) ->> 'keys_revoked',
+          '2', 'it may when every other key is at least as limited');
 select is(tests.begin(:'rot'::jsonb ->> 'api_key') ->> 'ok', 'true', 'the rotated secret has 1 request left');
 select is(tests.begin(:'rot'::jsonb ->> 'api_key') ->> 'reason', 'key_request_cap', 'and then none');
 

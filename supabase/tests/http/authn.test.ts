@@ -271,6 +271,7 @@ export async function authenticatedRoutes(base: string, target: Account): Promis
     'POST /user/api-keys/{key_id}/rotate': {},
     'POST /admin/add_credits': { user_id: target.userId, credits: 1 },
     'POST /admin/limit': { user_id: target.userId, rate_limits: { requests_per_minute: 100 } },
+    'POST /admin/reconcile': { limit: 1 },
     'POST /v1/chat/completions': CHAT,
   }
   const doc = (await client(base)('/openapi.json')).json

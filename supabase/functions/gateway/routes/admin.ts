@@ -8,6 +8,7 @@ import { caller, callerArgs } from '../identity.ts'
 import { call, callText } from '../db.ts'
 import { ApiError } from '../errors.ts'
 import { cacheMeta, describeCache, heldCatalog, modelCount, refresh } from '../models-cache.ts'
+import { reconcile } from '../reconcile.ts'
 import * as s from '../schemas.ts'
 import { BEARER, errors, handle, json, jsonText, ok, router } from './common.ts'
 
@@ -166,5 +167,24 @@ handle(
       // What this isolate serves; other isolates load the same row from Postgres.
       models: held ? modelCount(held) : null,
     })
+  },
+)
+
+handle(
+  adminRoutes,
+  createRoute({
+    method: 'post',
+    path: '/admin/reconcile',
+    tags: ['admin'],
+    summary: 'Settle holds whose worker died from OpenRouter /generation (as the scheduler does)',
+    security: BEARER,
+    request: {
+      body: { required: false, content: { 'application/json': { schema: s.ReconcileRequest } } },
+    },
+    responses: { ...ok('What was reconciled', s.ReconcileReport), ...errors(400, 401, 403, 429) },
+  }),
+  async (c) => {
+    const b = c.req.valid('json') ?? {}
+    return json(await reconcile({ minAgeSeconds: b.min_age_seconds, limit: b.limit }))
   },
 )

@@ -4,6 +4,7 @@
 import { createRoute } from '@hono/zod-openapi'
 import { caller, callerArgs } from '../identity.ts'
 import { callText, type SqlFunction } from '../db.ts'
+import { settlesCommitted } from '../settlement.ts'
 import * as s from '../schemas.ts'
 import { BEARER, errors, handle, jsonText, ok, router } from './common.ts'
 
@@ -11,8 +12,18 @@ export const userRoutes = router()
 
 const READ_ERRORS = errors(401, 403, 429)
 
-/** A GET that is exactly one read function of the caller. */
-function read(path: string, fn: SqlFunction, summary: string, schema: Parameters<typeof ok>[1]) {
+/**
+ * A GET that is exactly one read function of the caller. `ownWrites`: the figures include the
+ * settles this isolate has submitted (a balance read right after a response shows its charge), at
+ * the price of waiting for them (one settle call at most, usually nothing).
+ */
+function read(
+  path: string,
+  fn: SqlFunction,
+  summary: string,
+  schema: Parameters<typeof ok>[1],
+  ownWrites = false,
+) {
   handle(
     userRoutes,
     createRoute({
@@ -23,7 +34,11 @@ function read(path: string, fn: SqlFunction, summary: string, schema: Parameters
       security: BEARER,
       responses: { ...ok(summary, schema), ...READ_ERRORS },
     }),
-    async (c) => jsonText(await callText(fn, callerArgs(await caller(c)))),
+    async (c) => {
+      const who = await caller(c)
+      if (ownWrites) await settlesCommitted()
+      return jsonText(await callText(fn, callerArgs(who)))
+    },
   )
 }
 
@@ -32,8 +47,15 @@ read(
   'user_balance',
   'Credits: balance, held by requests in flight, available',
   s.Balance,
+  true,
 )
-read('/user/monitor', 'user_monitor', 'Usage metrics and rate limits of the account', s.UserMonitor)
+read(
+  '/user/monitor',
+  'user_monitor',
+  'Usage metrics and rate limits of the account',
+  s.UserMonitor,
+  true,
+)
 read(
   '/user/limit',
   'user_limits',
