@@ -16,7 +16,8 @@ delete from gateway.usage_records where status = 'expired';
 
 select tests.new_account(100000) as a \gset
 select :'a'::jsonb ->> 'api_key' as ak \gset
-select gateway.reserve_admissions(gateway.hash_key(:'ak'), null, null, 'test/model', 10, 0, 4,
+select gateway.reserve_admissions(gateway.hash_key(:'ak'), null, null,
+                                  '{"models":["test/model"],"prompt_bound":0,"max_tokens":10}', 4,
                                   :'t'::timestamptz) as r \gset
 select array(select (e ->> 'hold_id')::bigint from jsonb_array_elements(:'r'::jsonb) e) as ids \gset
 select (:'ids'::bigint[])[1] as taken, (:'ids'::bigint[])[2] as noted \gset
