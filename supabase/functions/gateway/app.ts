@@ -4,13 +4,14 @@
 
 import { HTTPException } from 'hono/http-exception'
 import { cors } from 'hono/cors'
-import type { MiddlewareHandler } from 'hono'
+import type { Context, MiddlewareHandler } from 'hono'
 import { describe } from './background.ts'
 import { bodyGuard, type BodyLimits } from './body-guard.ts'
 import { config } from './config.ts'
 import { checkRole, databaseRole, refusal } from './db.ts'
 import { docsRoutes } from './docs.ts'
 import { ApiError, errorResponse } from './errors.ts'
+import { clientIp, clientNetwork } from './identity.ts'
 import { log, type LogFields } from './log.ts'
 import { adminRoutes } from './routes/admin.ts'
 import { chatRoutes } from './routes/chat.ts'
@@ -89,8 +90,16 @@ const completionBodies: BodyLimits = {
   timeoutMs: config.bodyReadTimeoutMs,
   maxReaders: config.maxBodyReaders,
   maxBytesInFlight: config.maxBodyBytesInFlight,
+  maxReadersPerNetwork: config.maxBodyReadersPerNetwork,
+  maxBytesPerNetwork: config.maxBodyBytesPerNetwork,
 }
-const apiBodies: BodyLimits = { ...completionBodies, maxBytes: config.maxApiBodyBytes }
+/** Small bodies need no long deadline: a slow one would hold its reader slot for nothing. */
+const apiBodies: BodyLimits = {
+  ...completionBodies,
+  maxBytes: config.maxApiBodyBytes,
+  timeoutMs: config.apiBodyReadTimeoutMs,
+}
+const bodyNetwork = (c: Context) => clientNetwork(clientIp(c))
 const bodyLimits = (path: string) =>
   path === COMPLETIONS || path === `${COMPLETIONS}/` ? completionBodies : apiBodies
 
@@ -158,7 +167,7 @@ export function buildApp() {
   // Not strict: `/gateway/` (the index, as a browser writes it) is `/gateway`.
   const app = router({ strict: false }).basePath(BASE_PATH)
 
-  app.use('*', requestLog, browserCors, bodyGuard(bodyLimits))
+  app.use('*', requestLog, browserCors, bodyGuard(bodyLimits, bodyNetwork))
   app.use('*', roleGate)
 
   app.route('/', publicRoutes)

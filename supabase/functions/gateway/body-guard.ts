@@ -4,8 +4,13 @@
 // slowly, or never finishes it, can hold no more than that: beyond the budgets a request is refused
 // at once (503), past the deadline it is cut (408). (Issue 11, finding 6: 50 sockets announcing
 // 4 MB and stopping one byte short took the function from ~100 to ~780 MB until they closed.)
+//
+// Each client network (IPv4 /24, IPv6 /64: identity.ts, clientNetwork) gets only a share of both
+// budgets, so one network cannot take them all; the isolate-wide budgets stay the last line. (Issue
+// 11, resource bounds: 130 sockets from one client, each announcing 1000 bytes and sending 9, held
+// all 128 readers for the 10 s deadline, and every other client's request with a body got 503.)
 
-import type { MiddlewareHandler } from 'hono'
+import type { Context, MiddlewareHandler } from 'hono'
 import { ApiError } from './errors.ts'
 
 export interface BodyLimits {
@@ -17,6 +22,10 @@ export interface BodyLimits {
   maxReaders: number
   /** Bytes reserved at once by bodies larger than SMALL_BODY, over the isolate. */
   maxBytesInFlight: number
+  /** Of maxReaders, how many one client network may hold. */
+  maxReadersPerNetwork: number
+  /** Of maxBytesInFlight, how many one client network may reserve (at least maxBytes). */
+  maxBytesPerNetwork: number
 }
 
 /**
@@ -30,28 +39,37 @@ export const SMALL_BODY = 64 * 1024
 const decoder = new TextDecoder()
 let readers = 0
 let bytesReserved = 0
+/** What each client network is reading now; a network is dropped when it reads nothing. */
+const networks = new Map<string, { readers: number; bytes: number }>()
 
-/** What the isolate is reading now. */
-export function bodiesInFlight(): { readers: number; bytes: number } {
-  return { readers, bytes: bytesReserved }
+/** What the isolate is reading now, and how many client networks it is reading from. */
+export function bodiesInFlight(): { readers: number; bytes: number; networks: number } {
+  return { readers, bytes: bytesReserved, networks: networks.size }
 }
 
-const busy = () =>
-  new ApiError(503, 'The gateway is receiving too many request bodies at once; retry shortly', {
-    code: 'server_busy',
-    headers: { 'retry-after': '1' },
-  })
+const busy = (yours: boolean) =>
+  new ApiError(
+    503,
+    yours
+      ? 'The gateway is receiving too many request bodies from your network at once; retry shortly'
+      : 'The gateway is receiving too many request bodies at once; retry shortly',
+    { code: 'server_busy', headers: { 'retry-after': '1' } },
+  )
 
 const tooLarge = (max: number) =>
   new ApiError(413, `The request body exceeds ${max} bytes`, { code: 'request_too_large' })
 
 /**
- * Reads the body (if any) within `limitsFor(path)` and leaves it, decoded as `Request.text()`
+ * Reads the body (if any) within `limitsFor(path)`, and within the share of `networkOf(c)` (the
+ * client's network), and leaves it, decoded as `Request.text()`
  * would, in Hono's body cache: `c.req.text()`, `c.req.json()` and the validators take it from
  * there without waiting on the network. (`c.req.raw`'s own stream is spent: read the body through
  * `c.req`.) Replacing `c.req.raw` with a Request over the bytes instead cost ~20 µs per request.
  */
-export function bodyGuard(limitsFor: (path: string) => BodyLimits): MiddlewareHandler {
+export function bodyGuard(
+  limitsFor: (path: string) => BodyLimits,
+  networkOf: (c: Context) => string,
+): MiddlewareHandler {
   return async function bodyGuard(c, next) {
     const raw = c.req.raw
     if (!raw.body) return next()
@@ -64,18 +82,30 @@ export function bodyGuard(limitsFor: (path: string) => BodyLimits): MiddlewareHa
     if (declared !== null && declared > limits.maxBytes) throw tooLarge(limits.maxBytes)
     const size = declared ?? limits.maxBytes
     const reserve = size > SMALL_BODY ? size : 0
-    if (readers >= limits.maxReaders) throw busy()
+    const network = networkOf(c)
+    const mine = networks.get(network) ?? { readers: 0, bytes: 0 }
+    if (mine.readers >= Math.min(limits.maxReadersPerNetwork, limits.maxReaders)) throw busy(true)
+    if (reserve && mine.bytes + reserve > Math.max(limits.maxBytesPerNetwork, limits.maxBytes)) {
+      throw busy(true)
+    }
+    if (readers >= limits.maxReaders) throw busy(false)
     if (reserve && bytesReserved + reserve > Math.max(limits.maxBytesInFlight, limits.maxBytes)) {
-      throw busy()
+      throw busy(false)
     }
     readers++
     bytesReserved += reserve
+    mine.readers++
+    mine.bytes += reserve
+    networks.set(network, mine)
     let body: Uint8Array<ArrayBuffer>
     try {
       body = await read(raw.body, size, declared !== null, limits)
     } finally {
       readers--
       bytesReserved -= reserve
+      mine.readers--
+      mine.bytes -= reserve
+      if (mine.readers === 0) networks.delete(network)
     }
     // Hono keeps a promise per body kind there (its type says the value); text is what json()
     // and the validators read too.

@@ -103,8 +103,13 @@ export const config = {
   maxBodyBytes: intEnv('GATEWAY_MAX_BODY_BYTES', 4 * 1024 * 1024),
   /** Every other route's body (keys, profile, sign-up, admin) is small: larger ones are a 413. */
   maxApiBodyBytes: intEnv('GATEWAY_MAX_API_BODY_BYTES', 64 * 1024),
-  /** A body that has not arrived in full after this long is cut with 408. */
+  /** A chat completion body that has not arrived in full after this long is cut with 408. */
   bodyReadTimeoutMs: Math.max(intEnv('GATEWAY_BODY_READ_TIMEOUT_MS', 10_000), 1),
+  /**
+   * The same for every other route's body (at most 64 KiB: 3 s is ~170 kbit/s), so that a stalled
+   * one gives its reader slot back soon.
+   */
+  apiBodyReadTimeoutMs: Math.max(intEnv('GATEWAY_API_BODY_READ_TIMEOUT_MS', 3_000), 1),
   /**
    * Bodies being read at once over the isolate, and the bytes reserved by those over 64 KiB (four
    * maximal prompts): beyond either a request is refused with 503 rather than buffered
@@ -113,6 +118,12 @@ export const config = {
    */
   maxBodyReaders: Math.max(intEnv('GATEWAY_BODY_READERS_MAX', 128), 1),
   maxBodyBytesInFlight: intEnv('GATEWAY_BODY_BYTES_IN_FLIGHT_MAX', 16 * 1024 * 1024),
+  /**
+   * One client network's share of those (IPv4 /24, IPv6 /64): 16 readers (it takes 8 networks to
+   * fill the isolate's 128) and 4 MiB (one largest prompt at a time; a quarter of the isolate's).
+   */
+  maxBodyReadersPerNetwork: Math.max(intEnv('GATEWAY_BODY_READERS_PER_NETWORK', 16), 1),
+  maxBodyBytesPerNetwork: intEnv('GATEWAY_BODY_BYTES_PER_NETWORK', 4 * 1024 * 1024),
   /** One JSON log line per request and per settlement (errors are always logged). */
   logRequests: boolEnv('GATEWAY_LOG_REQUESTS', true),
   /** Comma-separated allowed origins for CORS, or `*` (the default). */

@@ -98,11 +98,16 @@ export function sql(): postgres.Sql {
       // moment after Postgres restarts, a pool reached 7 s and the requests and settles queued on
       // it waited that long (pg-restart test).
       backoff: (retries: number) => Math.min(0.05 * 2 ** retries, 1),
-      // One query at a time per connection. PgBouncer loses the answers to queries pipelined
-      // behind one that fails (pgbouncer/pgbouncer#759): after a Postgres restart such calls never
-      // returned, and the settles queued behind them waited for the hold sweeper (pg-restart).
-      // (An option of postgres.js 3.4 that its types omit.)
-      ...({ max_pipeline: 1 } as object),
+      // One query at a time per connection: none is ever written behind another's Sync. In
+      // transaction mode PgBouncer gives the server back at the first query's ReadyForQuery, and
+      // the server's answer to the one behind it is dropped ("got packet from server when not
+      // linked", pgbouncer/pgbouncer#759): that call never returns. max_pipeline is how many
+      // queries may wait BEHIND the running one, so 1 still let one follow each parameterless
+      // query (/health, the models cache; parameterized ones describe first and hold the
+      // connection anyway) — after a Postgres restart, when the queued calls are written to a fresh
+      // connection at once, requests hung until their worker was killed (pg-restart,
+      // tests/http/db-pipeline.test.ts). (An option of postgres.js 3.4 that its types omit.)
+      ...({ max_pipeline: 0 } as object),
       onnotice: () => {},
       connection: { application_name: 'gateway-function' },
     })

@@ -142,8 +142,10 @@ export function fromDbError(err: unknown): ApiError {
     code: code || (e.name ?? 'unknown'),
   })
   if (unavailable) {
+    // A restart or failover of Postgres lasts about a second; clients back off by this.
     return new ApiError(503, 'The service is temporarily unavailable; please retry', {
       code: 'database_unavailable',
+      headers: { 'retry-after': '1' },
     })
   }
   return new ApiError(500, 'Internal error', { code: 'internal_error' })

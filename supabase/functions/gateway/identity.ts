@@ -58,6 +58,46 @@ export function clientIp(c: Context): string | null {
   return ip && IP_CHARS.test(ip) ? ip : null
 }
 
+/**
+ * The client's network, as a key for per-client shares (body-guard.ts): an IPv4 address's /24, an
+ * IPv6 address's /64 (an IPv4-mapped one, `::ffff:a.b.c.d`, is the IPv4 /24) — the grouping of the
+ * sign-up limits, since one client commonly holds a whole /64 or several addresses of a /24.
+ * Unknown (null) addresses share one network.
+ */
+export function clientNetwork(ip: string | null): string {
+  if (!ip) return 'unknown'
+  const v4 = /^(\d{1,3})\.(\d{1,3})\.(\d{1,3})\.\d{1,3}$/.exec(ip)
+  if (v4) return `${v4[1]}.${v4[2]}.${v4[3]}.0/24`
+  const groups = ipv6Groups(ip)
+  if (!groups) return ip
+  if (groups.slice(0, 5).every((g) => g === 0) && groups[5] === 0xffff) {
+    const [a, b] = [groups[6], groups[7]]
+    return `${a >> 8}.${a & 0xff}.${b >> 8}.0/24`
+  }
+  return `${groups.slice(0, 4).map((g) => g.toString(16)).join(':')}::/64`
+}
+
+/** The eight 16-bit groups of an IPv6 address (`::` and a trailing dotted quad allowed), or null. */
+function ipv6Groups(ip: string): number[] | null {
+  let text = ip.toLowerCase()
+  const quad = /^(.*:)(\d{1,3})\.(\d{1,3})\.(\d{1,3})\.(\d{1,3})$/.exec(text)
+  if (quad) {
+    const b = quad.slice(2).map(Number)
+    if (b.some((x) => x > 255)) return null
+    text = `${quad[1]}${((b[0] << 8) | b[1]).toString(16)}:${((b[2] << 8) | b[3]).toString(16)}`
+  }
+  const halves = text.split('::')
+  if (halves.length > 2) return null
+  const parse = (part: string) => (part === '' ? [] : part.split(':'))
+  const head = parse(halves[0])
+  const tail = halves.length === 2 ? parse(halves[1]) : []
+  const missing = 8 - head.length - tail.length
+  if (halves.length === 2 ? missing < 1 : missing !== 0) return null
+  const all = [...head, ...Array(halves.length === 2 ? missing : 0).fill('0'), ...tail]
+  if (!all.every((g) => /^[0-9a-f]{1,4}$/.test(g))) return null
+  return all.map((g) => parseInt(g, 16))
+}
+
 /** Host name of the Origin header, else of the Referer header; null when neither parses. */
 export function referrerHost(c: Context): string | null {
   for (const name of ['origin', 'referer']) {

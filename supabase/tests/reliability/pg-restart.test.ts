@@ -1,5 +1,5 @@
 // Postgres restarted (`pg_ctl restart -m fast`) under load: while it is down the gateway answers 503
-// database_unavailable (never a 500, never a hang), it recovers by itself when Postgres is back (the
+// database_unavailable with Retry-After (never a 500, never a hang), it recovers by itself when Postgres is back (the
 // postgres.js pool reconnects; no restart of the function), and no admitted request is lost from the
 // books: settles that met the outage retry until they land.
 //
@@ -23,6 +23,7 @@ interface Sample {
   at: number
   status: number
   code?: string
+  retryAfter?: string | null
 }
 
 /** One chat request (stream or not), its status and error code; never throws. */
@@ -42,7 +43,7 @@ async function chatOnce(url: string, key: string, stream: boolean): Promise<Samp
     })
     const text = await res.text()
     const code = res.status === 200 ? undefined : JSON.parse(text).error?.code
-    return { at, status: res.status, code }
+    return { at, status: res.status, code, retryAfter: res.headers.get('retry-after') }
   } catch (err) {
     return { at, status: 0, code: (err as Error).name }
   }
@@ -113,6 +114,7 @@ test('Postgres restarted under load: 503 while down, recovers by itself, no admi
         s.status === 200 || (s.status === 503 && s.code === 'database_unavailable'),
         `unexpected answer during the restart: ${s.status} ${s.code}`,
       )
+      if (s.status === 503) assert.equal(s.retryAfter, '1', 'a 503 says when to retry')
     }
     assert.ok(
       samples.some((s) => s.status === 503) || unhealthy > 0,

@@ -6,9 +6,12 @@
 // The function under attack is our own (scripts/serve-functions.ts on a free port); its memory is
 // its resident set size (VmRSS of the process), sampled while the sockets stay open. The bound is a
 // memory bound, not a timing one: growth stays within the bytes-being-read budget plus a fixed
-// allowance for the runtime (GC slack, socket buffers), whatever the sockets do.
+// allowance for the runtime (GC slack, socket buffers), whatever the sockets do. Each socket comes
+// from a network of its own (one network gets only a share: supabase/tests/http/body-fairness.test.ts),
+// so what holds here is the isolate's own budget, the last line against many networks.
 
 import assert from 'node:assert/strict'
+import net from 'node:net'
 import { unknownKey } from '../lib/accounts.ts'
 import { call } from '../lib/http.ts'
 import { startFunctions } from '../lib/procs.ts'
@@ -37,50 +40,52 @@ interface Attacker {
   close(): void
 }
 
-/** One socket: the head of a request announcing `announced` bytes, then all but one of them. */
-async function attack(port: number, path: string, announced = ANNOUNCED): Promise<Attacker> {
-  const conn = await Deno.connect({ hostname: '127.0.0.1', port })
-  const enc = new TextEncoder()
+/**
+ * One socket from `from` (an address of 127/8: each attacker its own /24, so that the isolate-wide
+ * budgets are what holds, not one network's share): the head of a request announcing `announced`
+ * bytes, then all but one of them.
+ */
+function attack(port: number, path: string, from: string, announced = ANNOUNCED): Attacker {
+  const socket = net.connect({ host: '127.0.0.1', port, localAddress: from })
+  socket.on('error', () => {})
   const head = `POST ${path} HTTP/1.1\r\nhost: 127.0.0.1:${port}\r\n` +
     `authorization: Bearer ${unknownKey()}\r\ncontent-type: application/json\r\n` +
     `content-length: ${announced}\r\n\r\n`
-  const prefix = enc.encode('{"model":"openai/gpt-4o-mini","messages":[{"role":"user","content":"')
+  const prefix = new TextEncoder().encode(
+    '{"model":"openai/gpt-4o-mini","messages":[{"role":"user","content":"',
+  )
   const body = new Uint8Array(announced - 1).fill(0x61)
   body.set(prefix)
   let closed = false
-  const status = (async () => {
-    const buf = new Uint8Array(512)
-    try {
-      const n = await conn.read(buf)
-      if (n === null) return null
-      const m = /^HTTP\/1\.1 (\d{3})/.exec(new TextDecoder().decode(buf.subarray(0, n)))
-      return m ? Number(m[1]) : null
-    } catch {
-      return null
+  const status = new Promise<number | null>((resolve) => {
+    let text = ''
+    socket.on('data', (chunk: Uint8Array) => {
+      text += new TextDecoder().decode(chunk)
+      const m = /^HTTP\/1\.1 (\d{3})/.exec(text)
+      if (m) resolve(Number(m[1]))
+    })
+    socket.on('close', () => resolve(null))
+  })
+  // Written as the function reads (each chunk once the previous one drained): when it stops
+  // reading, the rest stays unsent.
+  socket.on('connect', async () => {
+    socket.write(head)
+    for (let at = 0; at < body.length && !closed; at += 64 * 1024) {
+      const more = socket.write(body.subarray(at, Math.min(body.length, at + 64 * 1024)))
+      if (!more) await new Promise((r) => socket.once('drain', r).once('close', r))
     }
-  })() // The writes never end when the function stops reading: they are left pending, not awaited.
-  ;(async () => {
-    try {
-      await conn.write(enc.encode(head))
-      for (let at = 0; at < body.length && !closed; at += 64 * 1024) {
-        await conn.write(body.subarray(at, Math.min(body.length, at + 64 * 1024)))
-      }
-    } catch {
-      // refused and closed by the function: nothing more to send
-    }
-  })()
+  })
   return {
     status,
     close() {
       closed = true
-      try {
-        conn.close()
-      } catch {
-        // already closed
-      }
+      socket.destroy()
     },
   }
 }
+
+/** The address of attacker `i`: 127.<1 + i / 250>.<1 + i % 250>.1, one /24 each. */
+const from = (i: number) => `127.${1 + Math.floor(i / 250)}.${1 + (i % 250)}.1`
 
 Deno.test({
   name: `slow uploads: ${SOCKETS} sockets announcing ${MiB(ANNOUNCED)} and stopping 1 byte short ` +
@@ -106,7 +111,7 @@ Deno.test({
       const before = rssBytes(fn.pid)
 
       for (let i = 0; i < SOCKETS; i++) {
-        attackers.push(await attack(port, '/functions/v1/gateway/v1/chat/completions'))
+        attackers.push(attack(port, '/functions/v1/gateway/v1/chat/completions', from(i)))
       }
       // Sample while every socket is open: 3 s (the bodies are on loopback in well under that), or
       // until each socket has its answer.
@@ -160,7 +165,7 @@ Deno.test({
       // only a reader slot: 200 of them against 128 slots, the rest refused at once.
       for (const a of attackers.splice(0)) a.close()
       for (let i = 0; i < 200; i++) {
-        attackers.push(await attack(port, '/functions/v1/gateway/auth/register', 60 * 1024))
+        attackers.push(attack(port, '/functions/v1/gateway/auth/register', from(i), 60 * 1024))
       }
       const small: Record<string, number> = {}
       for (const s of await Promise.all(attackers.map((a) => a.status))) {

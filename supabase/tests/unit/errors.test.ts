@@ -58,6 +58,7 @@ Deno.test('an unreachable database is a 503 to retry; anything else a bare 500',
     const mapped = fromDbError(err)
     assert.equal(mapped.status, 503, code)
     assert.equal(mapped.code, 'database_unavailable')
+    assert.equal(mapped.getResponse().headers.get('retry-after'), '1', code)
   }
   for (
     const err of [new PostgresError('42883', 'function gateway.x() does not exist'), 'boom', null]

@@ -6,7 +6,13 @@
 import assert from 'node:assert/strict'
 import { hashKey, toHex } from '../../functions/_shared/keys.ts'
 import { ApiError } from '../../functions/gateway/errors.ts'
-import { caller, callerArgs, clientIp, referrerHost } from '../../functions/gateway/identity.ts'
+import {
+  caller,
+  callerArgs,
+  clientIp,
+  clientNetwork,
+  referrerHost,
+} from '../../functions/gateway/identity.ts'
 import { router } from '../../functions/gateway/routes/common.ts'
 import { unknownKey } from '../lib/accounts.ts'
 
@@ -83,4 +89,29 @@ Deno.test('the referrer is the Origin host, else the Referer host; unparsable is
   )
   assert.equal((await where({ origin: 'not a url' })).referrer, null)
   assert.equal((await where({})).referrer, null)
+})
+
+Deno.test('the client network (per-client body shares): IPv4 /24, IPv6 /64, mapped IPv4 as IPv4', () => {
+  const cases: [string | null, string][] = [
+    ['203.0.113.7', '203.0.113.0/24'],
+    ['203.0.113.250', '203.0.113.0/24'],
+    ['203.0.114.7', '203.0.114.0/24'],
+    ['127.0.9.1', '127.0.9.0/24'],
+    ['2001:db8:1:2:3:4:5:6', '2001:db8:1:2::/64'],
+    ['2001:db8:1:2::9', '2001:db8:1:2::/64'],
+    ['2001:DB8:1:2:ffff::', '2001:db8:1:2::/64'],
+    ['2001:db8:1:3::9', '2001:db8:1:3::/64'],
+    ['2001:db8::1', '2001:db8:0:0::/64'],
+    ['::1', '0:0:0:0::/64'],
+    ['::', '0:0:0:0::/64'],
+    ['::ffff:203.0.113.7', '203.0.113.0/24'],
+    ['::ffff:cb00:7107', '203.0.113.0/24'],
+    ['64:ff9b::203.0.113.7', '64:ff9b:0:0::/64'],
+    [null, 'unknown'],
+  ]
+  for (const [ip, network] of cases) assert.equal(clientNetwork(ip), network, String(ip))
+  // Not an address (clientIp lets through only address characters): its own network, never another's.
+  for (const odd of ['1:2:3', '1::2::3', '1:2:3:4:5:6:7:8:9', '::ffff:1.2.3.999']) {
+    assert.equal(clientNetwork(odd), odd)
+  }
 })
