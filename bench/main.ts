@@ -296,13 +296,23 @@ async function runCell(s: Scenario, c: number, base: Cell, keysFile?: string): P
 
   const measured = measuredProcesses()
   for (const m of measured) m.resetPeak()
+  const workers = measured.find((m) => m.name === 'functions') as
+    | ReturnType<typeof workersOf>
+    | undefined
+  const sampler = workers ? setInterval(() => workers.sample(), 100) : undefined
+  const eventsBefore = workers ? await lifecycleEvents() : undefined
   if (metered) await resetStatements(sql!)
   const backends = async () => metered ? await poolerBackends(sql!) : []
   const probe = speedProbeMs()
   const before = sampleCpu(measured, await backends())
   const walBefore = metered ? await wal(sql!) : undefined
 
-  const r = await wrk({ ...load, seconds: opts.seconds })
+  let r: Awaited<ReturnType<typeof wrk>>
+  try {
+    r = await wrk({ ...load, seconds: opts.seconds })
+  } finally {
+    clearInterval(sampler)
+  }
   const cell: Cell = { ...base, seconds: opts.seconds, probe_ms: probe, ...cellFromWrk(r) }
 
   let statements: { calls: number; top: Statement[] } | undefined
@@ -330,7 +340,14 @@ async function runCell(s: Scenario, c: number, base: Cell, keysFile?: string): P
   cell.peak_rss_mib = Object.fromEntries(
     measured.map((m) => [m.name, Math.round((m.peakKiB() ?? 0) / 1024)]),
   )
-  if (procs.functions) cell.workers = measured.find((m) => m.name === 'functions')!.count()
+  if (workers && eventsBefore) {
+    cell.workers = workers.count()
+    // Workers replaced during the cell (a memory alert drops one early; the limit kills one).
+    const after = await lifecycleEvents()
+    cell.worker_events = Object.fromEntries(
+      Object.entries(after).map(([k, v]) => [k, v - (eventsBefore[k] ?? 0)]).filter(([, d]) => d),
+    )
+  }
   if (statements) {
     cell.sql_per_req = Math.round((statements.calls / Math.max(1, r.requests)) * 100) / 100
     cell.sql_top = statements.top
@@ -357,6 +374,12 @@ function measuredProcesses(): Measured[] {
     if (pooler !== null) out.push(processOf('pgbouncer', pooler))
   }
   return out
+}
+
+/** The functions server's lifecycle event counts (started, dropped_early, killed_memory, …). */
+async function lifecycleEvents(): Promise<Record<string, number>> {
+  const res = await fetch(`http://127.0.0.1:${FUNCTIONS_PORT}/_edge/lifecycle`)
+  return (await res.json()).events
 }
 
 /**

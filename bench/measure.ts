@@ -39,19 +39,32 @@ export function processOf(name: string, pid: number): Measured {
  * process per worker): CPU summed over them, including workers that exited (the supervisor reaps
  * them: its cutime/cstime), and the peak of the largest, since the memory limit is per worker.
  */
-export function workersOf(name: string, supervisorPid: number): Measured {
+export function workersOf(name: string, supervisorPid: number): Measured & { sample(): void } {
   const pids = () => childPids(supervisorPid)
+  // A worker may be replaced during a cell (retired, dropped early, killed): its peak is kept from
+  // the samples taken while it lived.
+  const peaks = new Map<number, number>()
+  const sample = () => {
+    for (const pid of pids()) {
+      const kib = peakRssKiB(pid)
+      if (kib !== null) peaks.set(pid, Math.max(peaks.get(pid) ?? 0, kib))
+    }
+  }
   return {
     name,
     cpuMs: () =>
       pids().reduce((sum, pid) => sum + cpuMs(pid), 0) +
       cpuMs(supervisorPid, true) - cpuMs(supervisorPid),
     peakKiB: () => {
-      const peaks = pids().map(peakRssKiB).filter((k): k is number => k !== null)
-      return peaks.length ? Math.max(...peaks) : null
+      sample()
+      return peaks.size ? Math.max(...peaks.values()) : null
     },
-    resetPeak: () => pids().forEach(resetPeak),
+    resetPeak: () => {
+      pids().forEach(resetPeak)
+      peaks.clear()
+    },
     count: () => pids().length,
+    sample,
   }
 }
 

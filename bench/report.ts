@@ -38,6 +38,8 @@ export interface Cell {
   cpu_us_per_req?: Record<string, number>
   /** The function's worker processes at the end of the cell. */
   workers?: number
+  /** Lifecycle events of the functions server during the cell (workers started, dropped, killed). */
+  worker_events?: Record<string, number>
   /** CPU used by processes outside the benchmark during the cell, % of the machine: noise. */
   other_cpu_pct?: number
   /** Top-level SQL statements the gateway ran per completed request (pg_stat_statements). */
