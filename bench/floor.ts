@@ -7,6 +7,8 @@
 //   + query     + one postgres.js round trip (`select $1`) before forwarding
 //   + admission + `gateway.begin_request` instead of that query (the real SQL admission, as the
 //               gateway's role), the settle afterwards in background: a gateway with nothing else
+//   (both database layers connect as the function does: PgBouncer on 54329 in transaction mode,
+//   logged in as gateway_api, unprepared, one query at a time per connection)
 //   gw, no rsv  the function itself, served as the benchmark serves it (supabase/tests/lib/
 //               procs.ts), with reserved admissions off (GATEWAY_RESERVE_ADMISSIONS=0): every
 //               request waits for its admission, as before they existed
@@ -30,7 +32,7 @@ import {
   stopOnSignals,
 } from '../supabase/tests/lib/procs.ts'
 import { chatBody } from './scenarios.ts'
-import { roundTrips } from './measure.ts'
+import { functionDbUrl, roundTrips } from './measure.ts'
 import { wrk } from './wrk.ts'
 
 const ROOT = new URL('../', import.meta.url).pathname
@@ -42,10 +44,14 @@ type Layer = 'proxy' | 'query' | 'admission'
 
 /** One layer's server (run in its own process, so nothing else shares its event loop). */
 function serve(layer: Layer, port: number, upstream: string): void {
-  const sql = layer === 'proxy' ? undefined : postgres(DB_URL, {
+  // The way the function reaches Postgres (db.ts): the pooler as gateway_api, unprepared, one
+  // query at a time per connection.
+  const sql = layer === 'proxy' ? undefined : postgres(functionDbUrl(DB_URL), {
     max: 4,
+    prepare: false,
     fetch_types: false,
-    connection: { application_name: 'bench-floor', options: '-c role=gateway_api' },
+    ...({ max_pipeline: 1 } as object),
+    connection: { application_name: 'bench-floor' },
   })
   const forward = async (body: string) => {
     const res = await fetch(`${upstream}/chat/completions`, {
@@ -167,7 +173,7 @@ async function main(seconds: number): Promise<void> {
       } ${(r.latency_us.p99 / 1000).toFixed(3).padStart(8)} ${String(failed).padStart(5)}`,
     )
   }
-  const rt = await roundTrips(DB_URL, 500)
+  const rt = await roundTrips(DB_URL, functionDbUrl(DB_URL), 500)
   await stopAll()
   console.log(`\nconcurrency 1, ${seconds} s per layer (after 2 s of warm-up):\n`)
   console.log('layer         p50 ms  +p50 ms   p99 ms  errs')

@@ -6,8 +6,67 @@
 
 import postgres from 'postgres'
 import { loadAccount } from '../supabase/tests/lib/books.ts'
-import type { Proc } from '../supabase/tests/lib/procs.ts'
+import { FUNCTION_DB_URL } from '../supabase/tests/lib/stack.ts'
 import { MODEL } from './scenarios.ts'
+
+/**
+ * Something whose CPU and memory a cell measures: one process (the simulator, Portkey, PgBouncer,
+ * the functions supervisor) or a group of them (the function's worker processes).
+ */
+export interface Measured {
+  name: string
+  /** CPU time (user + system) in ms, cumulative; processes that exited count too. */
+  cpuMs(): number
+  /** Peak resident memory since the last resetPeak, KiB: of a group, its largest process. */
+  peakKiB(): number | null
+  resetPeak(): void
+  /** How many processes it is now (a group's workers come and go). */
+  count(): number
+}
+
+export function processOf(name: string, pid: number): Measured {
+  return {
+    name,
+    cpuMs: () => cpuMs(pid),
+    peakKiB: () => peakRssKiB(pid),
+    resetPeak: () => resetPeak(pid),
+    count: () => (peakRssKiB(pid) === null ? 0 : 1),
+  }
+}
+
+/**
+ * The worker processes of the functions supervisor (scripts/serve-functions.ts spawns one Deno
+ * process per worker): CPU summed over them, including workers that exited (the supervisor reaps
+ * them: its cutime/cstime), and the peak of the largest, since the memory limit is per worker.
+ */
+export function workersOf(name: string, supervisorPid: number): Measured & { sample(): void } {
+  const pids = () => childPids(supervisorPid)
+  // A worker may be replaced during a cell (retired, dropped early, killed): its peak is kept from
+  // the samples taken while it lived.
+  const peaks = new Map<number, number>()
+  const sample = () => {
+    for (const pid of pids()) {
+      const kib = peakRssKiB(pid)
+      if (kib !== null) peaks.set(pid, Math.max(peaks.get(pid) ?? 0, kib))
+    }
+  }
+  return {
+    name,
+    cpuMs: () =>
+      pids().reduce((sum, pid) => sum + cpuMs(pid), 0) +
+      cpuMs(supervisorPid, true) - cpuMs(supervisorPid),
+    peakKiB: () => {
+      sample()
+      return peaks.size ? Math.max(...peaks.values()) : null
+    },
+    resetPeak: () => {
+      pids().forEach(resetPeak)
+      peaks.clear()
+    },
+    count: () => pids().length,
+    sample,
+  }
+}
 
 export interface CpuSample {
   at: number
@@ -20,10 +79,10 @@ export interface CpuSample {
   machine: number
 }
 
-export function sampleCpu(procs: Proc[], backendPids: number[]): CpuSample {
+export function sampleCpu(measured: Measured[], backendPids: number[]): CpuSample {
   return {
     at: performance.now(),
-    procs: Object.fromEntries(procs.map((p) => [p.name, cpuMs(p.pid)])),
+    procs: Object.fromEntries(measured.map((m) => [m.name, m.cpuMs()])),
     backends: new Map(backendPids.map((pid) => [pid, cpuMs(pid)])),
     wrk: reapedChildrenMs(),
     self: cpuMs(Deno.pid),
@@ -136,12 +195,25 @@ export function reapedChildrenMs(): number {
   return cpuMs(Deno.pid, true) - cpuMs(Deno.pid)
 }
 
-/**
- * Local ports of `pid`'s established TCP connections to `remotePort` on loopback: with
- * pg_stat_activity.client_port they name the Postgres backends serving that process, so the
- * database's CPU is counted for our gateway only (not for the shared stack or anyone's tests).
- */
-export function connectionPorts(pid: number, remotePort: number): number[] {
+/** The children of `pid` (/proc/<pid>/task/<tid>/children), or none if it is gone. */
+export function childPids(pid: number): number[] {
+  const out: number[] = []
+  try {
+    for (const task of Deno.readDirSync(`/proc/${pid}/task`)) {
+      try {
+        const text = Deno.readTextFileSync(`/proc/${pid}/task/${task.name}/children`).trim()
+        if (text) out.push(...text.split(/\s+/).map(Number))
+      } catch {
+        // The thread ended while we looked.
+      }
+    }
+  } catch (err) {
+    if (!(err instanceof Deno.errors.NotFound)) throw err
+  }
+  return out
+}
+
+function socketInodes(pid: number): Set<string> {
   const inodes = new Set<string>()
   for (const fd of Deno.readDirSync(`/proc/${pid}/fd`)) {
     try {
@@ -151,6 +223,42 @@ export function connectionPorts(pid: number, remotePort: number): number[] {
       // Closed while we looked.
     }
   }
+  return inodes
+}
+
+/**
+ * The process named `comm` that listens on 127.0.0.1:`port` in this network namespace (each
+ * engineer's stack runs in its own, with the same ports), or null. Finds the local PgBouncer.
+ */
+export function listenerPid(port: number, comm: string): number | null {
+  const hex = `:${port.toString(16).toUpperCase().padStart(4, '0')}`
+  const listening = new Set<string>()
+  for (const line of Deno.readTextFileSync('/proc/net/tcp').split('\n').slice(1)) {
+    const f = line.trim().split(/\s+/)
+    // st 0A = LISTEN
+    if (f.length > 9 && f[1].endsWith(hex) && f[3] === '0A') listening.add(f[9])
+  }
+  if (!listening.size) return null
+  for (const entry of Deno.readDirSync('/proc')) {
+    const pid = Number(entry.name)
+    if (!Number.isInteger(pid)) continue
+    try {
+      if (Deno.readTextFileSync(`/proc/${pid}/comm`).trim() !== comm) continue
+      for (const inode of socketInodes(pid)) if (listening.has(inode)) return pid
+    } catch {
+      // Gone, or not ours to read.
+    }
+  }
+  return null
+}
+
+/**
+ * Local ports of `pid`'s established TCP connections to `remotePort` on loopback: with
+ * pg_stat_activity.client_port they name the Postgres backends serving that process, so the
+ * database's CPU is counted for our gateway only (not for the shared stack or anyone's tests).
+ */
+export function connectionPorts(pid: number, remotePort: number): number[] {
+  const inodes = socketInodes(pid)
   const ports: number[] = []
   const remote = `:${remotePort.toString(16).toUpperCase().padStart(4, '0')}`
   for (const line of Deno.readTextFileSync('/proc/net/tcp').split('\n').slice(1)) {
@@ -220,6 +328,17 @@ export async function backendPids(sql: postgres.Sql, clientPorts: number[]): Pro
   return rows.map((r) => r.pid)
 }
 
+/**
+ * The function's own way into the database of `dbUrl` (the operator's URL of the benchmark's
+ * database): the pooler as gateway_api (FUNCTION_DB_URL), that database. PgBouncer's `*` entry
+ * serves any database of the cluster under its own name.
+ */
+export function functionDbUrl(dbUrl: string): string {
+  const url = new URL(FUNCTION_DB_URL)
+  url.pathname = new URL(dbUrl).pathname
+  return url.href
+}
+
 export interface RoundTrips {
   calls: number
   /** Median round trip from this client, ms: `select 1`, then each call committed on its own. */
@@ -230,15 +349,23 @@ export interface RoundTrips {
 
 /**
  * What the database adds to one request's latency at concurrency 1: median round trips of the two
- * calls as the gateway makes them (role gateway_api, prepared, each its own transaction, so each
- * waits for its WAL flush). Uses an account of its own, which stays (like the run's accounts).
+ * calls as the gateway makes them: through the pooler `apiUrl` (the function's GATEWAY_DB_URL,
+ * PgBouncer in transaction mode, logged in as gateway_api), unprepared, one query at a time per
+ * connection (db.ts), each call its own transaction, so each waits for its WAL flush. `adminUrl`
+ * (postgres, direct) makes an account of its own, which stays (like the run's accounts).
  */
-export async function roundTrips(url: string, calls = 500): Promise<RoundTrips> {
-  const admin = postgres(url, { max: 1, onnotice: () => {} })
-  const api = postgres(url, {
+export async function roundTrips(
+  adminUrl: string,
+  apiUrl: string,
+  calls = 500,
+): Promise<RoundTrips> {
+  const admin = postgres(adminUrl, { max: 1, onnotice: () => {} })
+  const api = postgres(apiUrl, {
     max: 1,
+    prepare: false,
     fetch_types: false,
-    connection: { application_name: 'bench-round-trips', options: '-c role=gateway_api' },
+    ...({ max_pipeline: 1 } as object),
+    connection: { application_name: 'bench-round-trips' },
   })
   try {
     const account = await loadAccount(`rtt-${Date.now()}@bench.invalid`, 1e12, {
@@ -249,13 +376,12 @@ export async function roundTrips(url: string, calls = 500): Promise<RoundTrips> 
     const times = { select1: [] as number[], begin: [] as number[], settle: [] as number[] }
     for (let i = 0; i < calls; i++) {
       let t = performance.now()
-      await api.unsafe('select 1', [], { prepare: true })
+      await api.unsafe('select 1')
       times.select1.push(performance.now() - t)
       t = performance.now()
       const [{ h }] = await api.unsafe(
         'select gateway.begin_request($1, $2, $3, $4) as h',
         [hash, '127.0.0.1', null, { models: [MODEL], prompt_bound: 9, max_tokens: 8 }],
-        { prepare: true },
       )
       times.begin.push(performance.now() - t)
       t = performance.now()
@@ -271,7 +397,6 @@ export async function roundTrips(url: string, calls = 500): Promise<RoundTrips> 
           generation_id: `gen-rtt-${i}`,
           settled_by: 'usage',
         }],
-        { prepare: true },
       )
       times.settle.push(performance.now() - t)
     }

@@ -26,10 +26,20 @@ export interface Cell {
   added_ms?: { p50: number; p99: number }
   /** Requests per second over Portkey's at the same concurrency. */
   vs_portkey?: number
-  /** Peak resident memory (VmHWM) of each process during the measured window, MiB. */
+  /**
+   * Peak resident memory (VmHWM) of each process during the measured window, MiB; `functions`: the
+   * largest of the function's worker processes.
+   */
   peak_rss_mib?: Record<string, number>
-  /** CPU time per completed request of each process, µs (postgres: the backends serving our gateway). */
+  /**
+   * CPU time per completed request of each process, µs (`functions`: its worker processes summed;
+   * postgres: the backends serving our gateway, through PgBouncer).
+   */
   cpu_us_per_req?: Record<string, number>
+  /** The function's worker processes at the end of the cell. */
+  workers?: number
+  /** Lifecycle events of the functions server during the cell (workers started, dropped, killed). */
+  worker_events?: Record<string, number>
   /** CPU used by processes outside the benchmark during the cell, % of the machine: noise. */
   other_cpu_pct?: number
   /** Top-level SQL statements the gateway ran per completed request (pg_stat_statements). */

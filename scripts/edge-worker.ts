@@ -256,7 +256,7 @@ const server = Deno.serve({
 // The isolate's memory, as the edge runtime counts it for its half-limit alert (heap + external).
 const memTimer = setInterval(() => {
   const m = Deno.memoryUsage()
-  control({ t: 'mem', isolate: m.heapTotal + m.external })
+  control({ t: 'mem', isolate: m.heapTotal + m.external, heap: m.heapTotal, external: m.external })
 }, 500)
 Deno.unrefTimer(memTimer)
 

@@ -16,7 +16,12 @@
 //   FUNCTIONS_BEFOREUNLOAD_WALL_CLOCK_PCT      90  `beforeunload` (reason wall_clock) at this share.
 //                                                  At 100% the worker is KILLED, open streams cut.
 //   FUNCTIONS_MEMORY_LIMIT_MB                 256  a worker's resident memory (RSS, polled from /proc;
-//                                                  0: no limit). Over it the worker is KILLED.
+//                                                  0: no limit). Over it the worker is KILLED. It is
+//                                                  also the worker's V8 heap limit, as the edge
+//                                                  runtime creates a user worker's isolate with
+//                                                  heap_limits(0, memory limit): V8 sizes its young
+//                                                  generation from it (a few MiB, not Deno's default
+//                                                  48), which is most of a busy worker's memory.
 //   FUNCTIONS_BEFOREUNLOAD_MEMORY_PCT          90  `beforeunload` (reason memory) at this share of it.
 //   FUNCTIONS_RESPONSE_TIMEOUT_MS          150000  no response headers by then: 504.
 //   FUNCTIONS_CPU_LIMIT_MS                   2000  CPU time per request: logged (flagged above it).
@@ -73,7 +78,23 @@ const root = new URL(
   import.meta.url,
 )
 const workerScript = new URL('./edge-worker.ts', import.meta.url).pathname
-const workerArgs = (Deno.env.get('FUNCTIONS_WORKER_DENO_ARGS') ?? '').split(/\s+/).filter(Boolean)
+const workerArgs = withHeapLimit(
+  (Deno.env.get('FUNCTIONS_WORKER_DENO_ARGS') ?? '').split(/\s+/).filter(Boolean),
+  limits.memoryLimitMb,
+)
+
+/**
+ * `args` with the isolate's heap limited to the memory limit (`--max-heap-size`, what the edge
+ * runtime's `heap_limits(0, memory_limit)` sets), merged into a `--v8-flags` the operator gave;
+ * one of theirs that sets the heap or a generation's size wins.
+ */
+function withHeapLimit(args: string[], memoryLimitMb: number): string[] {
+  if (memoryLimitMb <= 0) return args
+  const i = args.findIndex((a) => a.startsWith('--v8-flags='))
+  if (i < 0) return [...args, `--v8-flags=--max-heap-size=${memoryLimitMb}`]
+  if (/--max-(heap|old-space|semi-space)-size/.test(args[i])) return args
+  return args.map((a, j) => j === i ? `${a},--max-heap-size=${memoryLimitMb}` : a)
+}
 const MEMORY_POLL_MS = 200
 /** How long a worker without a wall clock may take to finish its work when the stand-in stops. */
 const TERMINATION_GRACE_MS = 60_000
@@ -134,6 +155,8 @@ class Worker {
   workerRequests = 0
   waiting = 0
   isolateBytes = 0
+  heapBytes = 0
+  externalBytes = 0
   rss = 0
   peakRss = 0
   /** Set when the supervisor ends the worker, so its exit is not mistaken for a crash. */
@@ -188,6 +211,8 @@ class Worker {
         this.check()
       } else if (m.t === 'mem') {
         this.isolateBytes = m.isolate
+        this.heapBytes = m.heap ?? 0
+        this.externalBytes = m.external ?? 0
         this.check()
       } else if (m.t === 'exit') {
         this.served = m.served
@@ -330,6 +355,8 @@ class Worker {
       rss_mib: mib(this.rss),
       peak_rss_mib: mib(this.peakRss),
       isolate_mib: mib(this.isolateBytes),
+      heap_mib: mib(this.heapBytes),
+      external_mib: mib(this.externalBytes),
     }
   }
 }

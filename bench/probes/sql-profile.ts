@@ -11,7 +11,7 @@
 
 import postgres from 'postgres'
 import { loadAccount } from '../../supabase/tests/lib/books.ts'
-import { roundTrips } from '../measure.ts'
+import { functionDbUrl, roundTrips } from '../measure.ts'
 import { MODEL } from '../scenarios.ts'
 
 export interface SqlProfile {
@@ -146,7 +146,7 @@ export function formatSqlProfile(p: SqlProfile): string {
 if (import.meta.main) {
   const url = Deno.env.get('BENCH_DB_URL') ??
     'postgresql://postgres:postgres@127.0.0.1:54322/postgres'
-  const rt = await roundTrips(url)
+  const rt = await roundTrips(url, functionDbUrl(url))
   console.log(
     `median round trips (each call committed): select 1 ${rt.select1_ms} ms, begin_request ${rt.begin_ms} ms, settle_request ${rt.settle_ms} ms`,
   )
