@@ -16,7 +16,11 @@
 // database of the same server).
 
 import type postgres from 'postgres'
-import { FILE_URL_TOKENS, IMAGE_TOKENS, WEB_RESULT_TOKENS } from '../../../tools/openrouter-sim/tokens.ts'
+import {
+  FILE_URL_TOKENS,
+  IMAGE_TOKENS,
+  WEB_RESULT_TOKENS,
+} from '../../../tools/openrouter-sim/tokens.ts'
 import type { SimStats } from './sim.ts'
 import { db, sleep } from './stack.ts'
 

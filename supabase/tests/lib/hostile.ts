@@ -102,10 +102,16 @@ export function planHostile(r: () => number, pool: PoolAccount[]): Planned {
     case 'image':
       body.messages = [{
         role: 'user',
-        content: [{ type: 'text', text: 'what is it' }, ...Array.from(
-          { length: 1 + Math.floor(r() * 3) },
-          () => ({ type: 'image_url', image_url: { url: PNG, detail: r() < 0.5 ? 'high' : 'low' } }),
-        )],
+        content: [
+          { type: 'text', text: 'what is it' },
+          ...Array.from(
+            { length: 1 + Math.floor(r() * 3) },
+            () => ({
+              type: 'image_url',
+              image_url: { url: PNG, detail: r() < 0.5 ? 'high' : 'low' },
+            }),
+          ),
+        ],
       }]
       break
     case 'audio':

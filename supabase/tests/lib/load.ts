@@ -186,10 +186,10 @@ export function plan(r: () => number, pool: PoolAccount[], mix: [Kind, number][]
       body.stream = true
       break
     case 'long-stream':
-      // 100 tokens, one per 60 ms: 6 s, past the churn soak's stream maximum (4 s); some outlive
+      // 40 tokens, one per 150 ms: 6 s, past the churn soak's stream maximum (4 s); some outlive
       // their worker instead (killed at its wall clock) and are settled by the reconcile.
-      body.model = 'openai/gpt-4o-mini~len-100~delay-60'
-      body.max_tokens = 100
+      body.model = 'openai/gpt-4o-mini~len-40~delay-150'
+      body.max_tokens = 40
       body.stream = true
       break
     case 'fault':
@@ -343,7 +343,9 @@ function checkBody(p: Planned, sse: boolean, text: string, cut = false): string 
     if (!errorEvent || ended) return `${p.body.model}: stream without its error event`
   } else if (cut) {
     // Cut by the gateway: its last chunk, then [DONE]; the usage comes with the settle.
-    if (!ended || errorEvent) return `${p.kind}: a cut stream did not end cleanly: …${text.slice(-160)}`
+    if (!ended || errorEvent) {
+      return `${p.kind}: a cut stream did not end cleanly: …${text.slice(-160)}`
+    }
   } else if (!ended || errorEvent || !text.includes('"gateway_usage"')) {
     return `${p.kind}: stream did not end with gateway_usage and [DONE]: …${text.slice(-160)}`
   }
@@ -382,7 +384,7 @@ async function grant(
     }
     const replay = JSON.parse(text).idempotent_replay === true
     // After a kill, a replay says the first attempt landed: granted once, still.
-    return { ok: true, replay: attempt > 0 ? false : replay, retriedAfterKill: attempt > 0 }
+    return { ok: true, replay, retriedAfterKill: attempt > 0 }
   }
 }
 
@@ -431,11 +433,12 @@ export async function runLoad(opts: LoadOptions): Promise<LoadReport> {
         for (const x of [g, again]) {
           if (x?.problem && report.problems.length < 50) report.problems.push(x.problem)
         }
-        if (g.ok && !g.replay) {
+        // A replay after a killed attempt: that attempt landed, once.
+        if (g.ok && (!g.replay || g.retriedAfterKill)) {
           report.grants++
           report.creditsGranted += opts.admin.credits
         }
-        if (again?.ok && (again.replay || again.retriedAfterKill)) report.grantReplays++
+        if (again?.ok && again.replay) report.grantReplays++
         else if (again) report.problems.push(`grant ${idem} retried was not a replay`)
       }
     }
