@@ -287,7 +287,7 @@ async function runOne(url: string, p: Planned, kills: boolean): Promise<Outcome>
         }
       }
       const cut = sse && GATEWAY_CUT.test(text)
-      let problem = checkLeak(text) ??
+      const problem = checkLeak(text) ??
         (res.status !== 200 ? checkError(res.status, text) : checkBody(p, sse, text, cut))
       // A body or stream that just stops, its worker killed under it.
       if (problem && kills && res.status === 200 && !cut && !text.trimEnd().endsWith('[DONE]')) {
