@@ -364,7 +364,7 @@ export async function roundTrips(
     max: 1,
     prepare: false,
     fetch_types: false,
-    ...({ max_pipeline: 1 } as object),
+    ...({ max_pipeline: 0 } as object),
     connection: { application_name: 'bench-round-trips' },
   })
   try {

@@ -16,6 +16,11 @@
 // database of the same server).
 
 import type postgres from 'postgres'
+import {
+  FILE_URL_TOKENS,
+  IMAGE_TOKENS,
+  WEB_RESULT_TOKENS,
+} from '../../../tools/openrouter-sim/tokens.ts'
 import type { SimStats } from './sim.ts'
 import { db, sleep } from './stack.ts'
 
@@ -199,9 +204,25 @@ export interface Books {
    * "a connection that dies before the headers is voided"; see lostBeforeHeaders below.
    */
   lostBeforeHeaders: number
+  /**
+   * Generations never billed whose request's worker died before the generation id was noted: their
+   * holds expired uncharged (no id to reconcile by). Bounded by those expiries (`expiredUncharged`).
+   */
+  lostToKills: number
+  /** Usage records expired by the sweeper, uncharged (none may name a generation). */
+  expiredUncharged: number
+  /** Settles charged above their hold (gateway.overruns), and the credits over. */
+  overruns: number
+  overrunCredits: number
   openHolds: number
   problems: string[]
 }
+
+// The simulator's most prompt tokens for a part a byte bound cannot see (tools/openrouter-sim,
+// tokens.ts; images at full detail, files by URL): what an overrun may be made of. An overrun beyond them, or on a request without parts
+// or web results, is the hold failing to bound the request.
+/** An audio part's tokens at the function's 4 MiB body limit (one token per 500 decoded bytes). */
+const AUDIO_PART_MAX_TOKENS = Math.ceil((4 * 1024 * 1024 * 3) / 4 / 500)
 
 interface UsageRow {
   hold_id: string
@@ -216,6 +237,7 @@ interface UsageRow {
   price: string
   generation_id: string | null
   note: string | null
+  settled_late: boolean
 }
 
 // The load's timeout fault holds headers 1 500 ms against a 150 ms gateway timeout
@@ -247,9 +269,41 @@ export async function checkBooks(
   if (accounts.length !== ids.length) {
     problems.push(`${ids.length - accounts.length} accounts missing`)
   }
+  // Overruns (charged above the hold, in full) are the only way below zero, each within what the
+  // byte bound cannot see.
+  const overrunRows = await sql`
+    select hold_id, user_id, overrun_credits::bigint as over, prompt_tokens, prompt_bound,
+           images, audio, files, web_results, completion_tokens, max_tokens
+      from gateway.overruns
+     where user_id = any(${ids}::bigint[]) and hold_id > ${after}`
+  const overBy = new Map<string, number>()
+  let overrunCredits = 0
+  for (const o of overrunRows) {
+    overrunCredits += Number(o.over)
+    overBy.set(String(o.user_id), (overBy.get(String(o.user_id)) ?? 0) + Number(o.over))
+    const unseen = Number(o.images ?? 0) * IMAGE_TOKENS + Number(o.files ?? 0) * FILE_URL_TOKENS +
+      Number(o.audio ?? 0) * AUDIO_PART_MAX_TOKENS + Number(o.web_results ?? 0) * WEB_RESULT_TOKENS
+    const excess = Number(o.prompt_tokens) - Number(o.prompt_bound ?? 0)
+    if (o.max_tokens !== null && Number(o.completion_tokens) > Number(o.max_tokens)) {
+      problems.push(
+        `overrun hold ${o.hold_id}: ${o.completion_tokens} completion tokens > max_tokens ${o.max_tokens}`,
+      )
+    }
+    if (excess > unseen) {
+      problems.push(
+        `overrun hold ${o.hold_id}: ${o.over} credits over its hold; prompt ${o.prompt_tokens} ` +
+          `tokens, bound ${o.prompt_bound}, parts and web results allow ${unseen} more`,
+      )
+    }
+  }
   for (const a of accounts) {
     const [balance, held, ledger] = [Number(a.balance), Number(a.held), Number(a.ledger_sum)]
-    if (balance < 0) problems.push(`account ${a.account_id}: balance ${balance} < 0`)
+    if (balance < 0 && -balance > (overBy.get(String(a.account_id)) ?? 0)) {
+      problems.push(
+        `account ${a.account_id}: balance ${balance} < 0, overruns listed ` +
+          `${overBy.get(String(a.account_id)) ?? 0}`,
+      )
+    }
     if (held !== 0) problems.push(`account ${a.account_id}: ${held} credits still held`)
     if (ledger !== balance) {
       problems.push(`account ${a.account_id}: ledger sums to ${ledger}, balance is ${balance}`)
@@ -261,7 +315,7 @@ export async function checkBooks(
   const admittedNow = (await admitted(ids, sql)) - (opts.since?.admitted ?? 0)
   const usage = await sql<UsageRow[]>`
     select u.hold_id, u.account_id, u.status, u.settled_by, u.model, u.prompt_tokens,
-           u.completion_tokens, u.credits_charged, u.generation_id, u.note,
+           u.completion_tokens, u.credits_charged, u.generation_id, u.note, u.settled_late,
            (gateway.charge(u.price, u.usd_per_credit, u.prompt_tokens, u.completion_tokens,
                            u.cached_tokens, u.cache_write_tokens, u.reasoning_tokens,
                            u.web_search_requests, u.images, u.upstream_cost)).credits as price
@@ -283,7 +337,15 @@ export async function checkBooks(
   let chargedRecords = 0
   let withoutGeneration = 0
   const byGeneration = new Map<string, UsageRow>()
+  let expiredUncharged = 0
   for (const u of usage) {
+    if (u.status === 'voided' && !u.note) problems.push(`hold ${u.hold_id}: voided with no reason`)
+    if (u.status === 'expired') {
+      expiredUncharged++
+      if (u.generation_id) {
+        problems.push(`hold ${u.hold_id}: expired uncharged with generation ${u.generation_id}`)
+      }
+    }
     count(byStatus, u.status)
     count(bySettledBy, u.settled_by)
     const credits = Number(u.credits_charged)
@@ -314,6 +376,7 @@ export async function checkBooks(
   let generations = 0
   let matched = 0
   let lostBeforeHeaders = 0
+  let lostToKills = 0
   if (sim) {
     const gens = sim.generations ?? []
     generations = gens.length
@@ -335,6 +398,12 @@ export async function checkBooks(
         // bounded by the timeouts voided below. (Shorter holds, such as the 400 ms of the load's
         // client-abort case, are waited out by the gateway and must be billed.)
         lostBeforeHeaders++
+        continue
+      }
+      if (!u && lostToKills < expiredUncharged) {
+        // Its worker died before the id was noted (hold-notes.ts: within a second of upstream's
+        // answer): the hold expired uncharged, counted, bounded by those expiries.
+        lostToKills++
         continue
       }
       if (!u) {
@@ -378,6 +447,10 @@ export async function checkBooks(
     generations,
     generationsMatched: matched,
     lostBeforeHeaders,
+    lostToKills,
+    expiredUncharged,
+    overruns: overrunRows.length,
+    overrunCredits,
     openHolds: open,
     problems,
   }
@@ -389,7 +462,9 @@ export function booksLine(b: Books): string {
     `${JSON.stringify(b.byStatus)} by ${JSON.stringify(b.bySettledBy)}, ${b.charged} credits in ` +
     `${b.chargeRows} charges, ${b.generationsMatched}/${b.generations} generations matched` +
     (b.lostBeforeHeaders ? ` (+${b.lostBeforeHeaders} generated after an upstream timeout)` : '') +
-    `, ${b.openHolds} open holds, ${b.problems.length} problems`
+    (b.lostToKills ? ` (+${b.lostToKills} whose worker died before their id was noted)` : '') +
+    `, ${b.expiredUncharged} expired uncharged, ${b.overruns} overruns (${b.overrunCredits} ` +
+    `credits), ${b.openHolds} open holds, ${b.problems.length} problems`
 }
 
 /**

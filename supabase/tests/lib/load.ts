@@ -17,6 +17,7 @@ export type Kind =
   | 'abort-mid-stream'
   | 'abort-after-usage'
   | 'fault'
+  | 'long-stream'
 
 export interface Fault {
   suffix: string
@@ -59,7 +60,7 @@ export const FAULTS: Fault[] = [
   },
 ]
 
-const MIX: [Kind, number][] = [
+export const MIX: [Kind, number][] = [
   ['json', 38],
   ['json-uncapped', 3],
   ['stream', 34],
@@ -69,6 +70,9 @@ const MIX: [Kind, number][] = [
   ['fault', 10],
 ]
 
+/** The churn soak's mix: the standard one plus streams longer than GATEWAY_STREAM_MAX_SECONDS. */
+export const CHURN_MIX: [Kind, number][] = [...MIX, ['long-stream', 6]]
+
 export interface LoadOptions {
   gatewayUrl: string
   pool: PoolAccount[]
@@ -77,6 +81,19 @@ export interface LoadOptions {
   seed?: number
   /** An admin key: one credit grant per this many requests (0 = none). */
   admin?: { key: string; every: number; credits: number }
+  /** The kinds and their weights (default MIX). */
+  mix?: [Kind, number][]
+  /**
+   * Another planner (the adversarial and cost soaks): what to send and what answers are right.
+   * Default: `plan` over `mix`.
+   */
+  planner?: (r: () => number, pool: PoolAccount[]) => Planned
+  /**
+   * Workers are killed during the run (the churn soak): an answer cut by a worker's death (the
+   * stand-in's WORKER_LIMIT 502/546, a body or stream that ends without its end) is counted in
+   * `cutByKills`, not a problem. The caller bounds that count by the requests the kills met.
+   */
+  kills?: boolean
 }
 
 export interface LoadReport {
@@ -88,6 +105,10 @@ export interface LoadReport {
   grants: number
   grantReplays: number
   creditsGranted: number
+  /** Streams the gateway cut itself (finish_reason length, gateway_max_duration / client_stall). */
+  streamsCut: number
+  /** Answers cut by a worker's death (only with `kills`). */
+  cutByKills: number
   problems: string[]
   durationMs: number
 }
@@ -109,21 +130,25 @@ const LEAK =
   /PostgresError|\bselect\b.*\bfrom\b|gateway\.\w+\(|\bat \S+\.ts:\d+|simulated-upstream-key/i
 const KEY = /gw_(live|test|staging|dev)_[0-9A-Za-z]{28}/
 
-interface Planned {
-  kind: Kind
+export interface Planned {
+  kind: string
   key: PoolKey
   body: Record<string, unknown>
   headers: Record<string, string>
   fault?: Fault
   /** abort-mid-stream: content chunks to read before hanging up. */
   chunks: number
+  /** Statuses besides 200 and 402 that are right for this request (a hostile one's 400, 413). */
+  alsoExpected?: number[]
+  /** A reader that pauses this long (ms) after each chunk (slow readers). */
+  readPauseMs?: number
 }
 
-function plan(r: () => number, pool: PoolAccount[]): Planned {
-  const total = MIX.reduce((s, [, w]) => s + w, 0)
+export function plan(r: () => number, pool: PoolAccount[], mix: [Kind, number][] = MIX): Planned {
+  const total = mix.reduce((s, [, w]) => s + w, 0)
   let pick = r() * total
   let kind: Kind = 'json'
-  for (const [k, w] of MIX) {
+  for (const [k, w] of mix) {
     if ((pick -= w) < 0) {
       kind = k
       break
@@ -160,6 +185,13 @@ function plan(r: () => number, pool: PoolAccount[]): Planned {
       body.model = `openai/gpt-4o-mini~len-${len}~hold-done-800`
       body.stream = true
       break
+    case 'long-stream':
+      // 40 tokens, one per 150 ms: 6 s, past the churn soak's stream maximum (4 s); some outlive
+      // their worker instead (killed at its wall clock) and are settled by the reconcile.
+      body.model = 'openai/gpt-4o-mini~len-40~delay-150'
+      body.max_tokens = 40
+      body.stream = true
+      break
     case 'fault':
       fault = FAULTS[Math.floor(r() * FAULTS.length)]
       body.model = `openai/gpt-4o-mini~len-${len}${fault.suffix}`
@@ -171,9 +203,14 @@ function plan(r: () => number, pool: PoolAccount[]): Planned {
 }
 
 interface Outcome {
-  status: number | 'aborted'
+  status: number | 'aborted' | 'killed'
   problem?: string
+  /** The gateway cut the stream itself (its maximum duration, a stalled client). */
+  cut?: boolean
 }
+
+/** The stand-in's answer for a request whose worker died before answering (Supabase's). */
+const WORKER_LIMIT = /"code":"WORKER_LIMIT"/
 
 function checkError(status: number, text: string): string | undefined {
   let e
@@ -194,25 +231,30 @@ function checkLeak(text: string): string | undefined {
 async function readUntil(
   reader: ReadableStreamDefaultReader<string>,
   done: (text: string) => boolean,
+  pauseMs = 0,
 ): Promise<string> {
   let text = ''
   while (!done(text)) {
     const r = await reader.read()
     if (r.done) break
     text += r.value
+    if (pauseMs) await new Promise((ok) => setTimeout(ok, pauseMs))
   }
   return text
 }
 
-async function runOne(url: string, p: Planned): Promise<Outcome> {
+const GATEWAY_CUT = /"native_finish_reason":"gateway_(max_duration|client_stall)"/
+
+async function runOne(url: string, p: Planned, kills: boolean): Promise<Outcome> {
   const controller = new AbortController()
   const aborts = p.kind.startsWith('abort')
   // Any request may find its account's balance spent (small balances, on purpose).
-  const expected = new Set<number>([402])
+  const expected = new Set<number>([402, ...(p.alsoExpected ?? [])])
   if (p.fault) expected.add(p.fault.status)
   else expected.add(200)
   let timer: ReturnType<typeof setTimeout> | undefined
   if (p.kind === 'abort-before-upstream') timer = setTimeout(() => controller.abort(), 120)
+  let headersCame = false
   try {
     const res = await fetch(`${url}/v1/chat/completions`, {
       method: 'POST',
@@ -224,19 +266,34 @@ async function runOne(url: string, p: Planned): Promise<Outcome> {
       body: JSON.stringify(p.body),
       signal: controller.signal,
     })
+    headersCame = true
     const sse = (res.headers.get('content-type') ?? '').startsWith('text/event-stream')
     if (!sse || !aborts || res.status !== 200) {
-      const text = await res.text()
+      const text = p.readPauseMs && res.body
+        ? await readUntil(
+          res.body.pipeThrough(new TextDecoderStream()).getReader(),
+          () => false,
+          p.readPauseMs,
+        )
+        : await res.text()
       clearTimeout(timer)
+      if (kills && (res.status === 502 || res.status === 546) && WORKER_LIMIT.test(text)) {
+        return { status: 'killed' }
+      }
       if (!expected.has(res.status)) {
         return {
           status: res.status,
           problem: `${p.kind} ${p.body.model}: ${res.status} ${text.slice(0, 160)}`,
         }
       }
+      const cut = sse && GATEWAY_CUT.test(text)
       const problem = checkLeak(text) ??
-        (res.status !== 200 ? checkError(res.status, text) : checkBody(p, sse, text))
-      return { status: res.status, problem }
+        (res.status !== 200 ? checkError(res.status, text) : checkBody(p, sse, text, cut))
+      // A body or stream that just stops, its worker killed under it.
+      if (problem && kills && res.status === 200 && !cut && !text.trimEnd().endsWith('[DONE]')) {
+        if (sse ? !text.includes('"error":{') : !isJson(text)) return { status: 'killed' }
+      }
+      return { status: res.status, problem, cut }
     }
     // A stream the client will leave.
     const reader = res.body!.pipeThrough(new TextDecoderStream()).getReader()
@@ -254,11 +311,22 @@ async function runOne(url: string, p: Planned): Promise<Outcome> {
   } catch (err) {
     clearTimeout(timer)
     if (aborts && controller.signal.aborted) return { status: 'aborted' }
+    // The connection broke after the headers: the worker died mid-body.
+    if (kills && headersCame) return { status: 'killed' }
     return { status: 0, problem: `${p.kind} ${p.body.model}: ${(err as Error).name}` }
   }
 }
 
-function checkBody(p: Planned, sse: boolean, text: string): string | undefined {
+function isJson(text: string): boolean {
+  try {
+    JSON.parse(text)
+    return true
+  } catch {
+    return false
+  }
+}
+
+function checkBody(p: Planned, sse: boolean, text: string, cut = false): string | undefined {
   if (!p.body.stream) {
     const doc = JSON.parse(text)
     if (!doc.gateway_usage || doc.object !== 'chat.completion') {
@@ -273,6 +341,11 @@ function checkBody(p: Planned, sse: boolean, text: string): string | undefined {
   )
   if (p.fault?.errorEvent) {
     if (!errorEvent || ended) return `${p.body.model}: stream without its error event`
+  } else if (cut) {
+    // Cut by the gateway: its last chunk, then [DONE]; the usage comes with the settle.
+    if (!ended || errorEvent) {
+      return `${p.kind}: a cut stream did not end cleanly: …${text.slice(-160)}`
+    }
   } else if (!ended || errorEvent || !text.includes('"gateway_usage"')) {
     return `${p.kind}: stream did not end with gateway_usage and [DONE]: …${text.slice(-160)}`
   }
@@ -283,28 +356,44 @@ async function grant(
   admin: { key: string; credits: number },
   userId: number,
   idem: string,
-): Promise<{ ok: boolean; replay: boolean; problem?: string }> {
-  const res = await fetch(`${url}/admin/add_credits`, {
-    method: 'POST',
-    headers: {
-      authorization: `Bearer ${admin.key}`,
-      'content-type': 'application/json',
-      'idempotency-key': idem,
-    },
-    body: JSON.stringify({ user_id: userId, credits: admin.credits, reason: 'soak top-up' }),
-  })
-  const text = await res.text()
-  if (res.status !== 200) {
-    return { ok: false, replay: false, problem: `grant: ${res.status} ${text}` }
+  kills = false,
+): Promise<{ ok: boolean; replay: boolean; problem?: string; retriedAfterKill?: boolean }> {
+  // A grant whose worker was killed under it may or may not have landed: the client retries it
+  // with the same Idempotency-Key, as a client should, until it gets an answer.
+  for (let attempt = 0;; attempt++) {
+    let res: Response
+    let text: string
+    try {
+      res = await fetch(`${url}/admin/add_credits`, {
+        method: 'POST',
+        headers: {
+          authorization: `Bearer ${admin.key}`,
+          'content-type': 'application/json',
+          'idempotency-key': idem,
+        },
+        body: JSON.stringify({ user_id: userId, credits: admin.credits, reason: 'soak top-up' }),
+      })
+      text = await res.text()
+    } catch (err) {
+      if (kills && attempt < 5) continue
+      return { ok: false, replay: false, problem: `grant: ${(err as Error).name}` }
+    }
+    if (kills && attempt < 5 && WORKER_LIMIT.test(text)) continue
+    if (res.status !== 200) {
+      return { ok: false, replay: false, problem: `grant: ${res.status} ${text}` }
+    }
+    const replay = JSON.parse(text).idempotent_replay === true
+    // After a kill, a replay says the first attempt landed: granted once, still.
+    return { ok: true, replay, retriedAfterKill: attempt > 0 }
   }
-  return { ok: true, replay: JSON.parse(text).idempotent_replay === true }
 }
 
 /** Runs the load; resolves when every request has been answered (or abandoned by its client). */
 export async function runLoad(opts: LoadOptions): Promise<LoadReport> {
   const started = performance.now()
   const r = rng(opts.seed ?? 20261125)
-  const planned = Array.from({ length: opts.requests }, () => plan(r, opts.pool))
+  const planner = opts.planner ?? ((r, pool) => plan(r, pool, opts.mix))
+  const planned = Array.from({ length: opts.requests }, () => planner(r, opts.pool))
   const report: LoadReport = {
     sent: 0,
     byKind: {},
@@ -314,6 +403,8 @@ export async function runLoad(opts: LoadOptions): Promise<LoadReport> {
     grants: 0,
     grantReplays: 0,
     creditsGranted: 0,
+    streamsCut: 0,
+    cutByKills: 0,
     problems: [],
     durationMs: 0,
   }
@@ -325,21 +416,25 @@ export async function runLoad(opts: LoadOptions): Promise<LoadReport> {
       report.sent++
       report.byKind[p.kind] = (report.byKind[p.kind] ?? 0) + 1
       if (p.fault) report.faultsInjected++
-      const o = await runOne(opts.gatewayUrl, p)
+      const o = await runOne(opts.gatewayUrl, p, opts.kills ?? false)
       report.byStatus[o.status] = (report.byStatus[o.status] ?? 0) + 1
       if (o.status === 'aborted') report.clientAborts++
+      if (o.status === 'killed') report.cutByKills++
+      if (o.cut) report.streamsCut++
       if (o.problem && report.problems.length < 50) report.problems.push(o.problem)
       if (opts.admin?.every && i % opts.admin.every === 0) {
         const target = opts.pool[(i / opts.admin.every) % opts.pool.length].userId
         const idem = `soak-${opts.seed ?? 0}-${i}`
-        const g = await grant(opts.gatewayUrl, opts.admin, target, idem)
+        const kills = opts.kills ?? false
+        const g = await grant(opts.gatewayUrl, opts.admin, target, idem, kills)
         // Every fourth grant is retried with the same key and body: replayed, never granted twice.
         const retried = (i / opts.admin.every) % 4 === 0
-        const again = retried ? await grant(opts.gatewayUrl, opts.admin, target, idem) : null
+        const again = retried ? await grant(opts.gatewayUrl, opts.admin, target, idem, kills) : null
         for (const x of [g, again]) {
           if (x?.problem && report.problems.length < 50) report.problems.push(x.problem)
         }
-        if (g.ok && !g.replay) {
+        // A replay after a killed attempt: that attempt landed, once.
+        if (g.ok && (!g.replay || g.retriedAfterKill)) {
           report.grants++
           report.creditsGranted += opts.admin.credits
         }
@@ -357,6 +452,8 @@ export async function runLoad(opts: LoadOptions): Promise<LoadReport> {
 export function loadLine(r: LoadReport): string {
   return `load: ${r.sent} requests in ${(r.durationMs / 1000).toFixed(1)} s ` +
     `(${Math.round(r.sent / (r.durationMs / 1000))}/s), ${r.faultsInjected} faults injected, ` +
-    `${r.clientAborts} client aborts, ${r.grants} grants (+${r.grantReplays} replayed retries); ` +
+    `${r.clientAborts} client aborts, ${r.streamsCut} streams cut by the gateway, ` +
+    (r.cutByKills ? `${r.cutByKills} answers cut by worker kills, ` : '') +
+    `${r.grants} grants (+${r.grantReplays} replayed retries); ` +
     `kinds ${JSON.stringify(r.byKind)}; statuses ${JSON.stringify(r.byStatus)}`
 }

@@ -14,6 +14,8 @@ export interface SimGeneration {
   ended: boolean
   /** How long the simulator held the response headers back (the `slow` fault), ms. */
   held_ms: number
+  /** The exact usage.cost it charged, USD as a decimal string (null until it ended). */
+  cost: string | null
 }
 
 /** A simulator's GET /__sim/stats document, as far as the books read it (books.ts). */
