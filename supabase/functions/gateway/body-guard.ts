@@ -6,7 +6,8 @@
 // 4 MB and stopping one byte short took the function from ~100 to ~780 MB until they closed.)
 //
 // Each client network (IPv4 /24, IPv6 /64: identity.ts, clientNetwork) gets only a share of both
-// budgets, so one network cannot take them all; the isolate-wide budgets stay the last line. (Issue
+// budgets once they are more than half taken, so one network cannot take them all; the
+// isolate-wide budgets stay the last line. (Issue
 // 11, resource bounds: 130 sockets from one client, each announcing 1000 bytes and sending 9, held
 // all 128 readers for the 10 s deadline, and every other client's request with a body got 503.)
 
@@ -84,10 +85,20 @@ export function bodyGuard(
     const reserve = size > SMALL_BODY ? size : 0
     const network = networkOf(c)
     const mine = networks.get(network) ?? { readers: 0, bytes: 0 }
-    if (mine.readers >= Math.min(limits.maxReadersPerNetwork, limits.maxReaders)) throw busy(true)
-    if (reserve && mine.bytes + reserve > Math.max(limits.maxBytesPerNetwork, limits.maxBytes)) {
+    // A network's share binds only while the isolate's budget is more than half taken: a busy
+    // client alone (20 parallel 400 KB prompts from one server) is not refused while there is room,
+    // and a flood from one network still leaves the other half to everyone else.
+    const readersCrowded = readers >= limits.maxReaders / 2
+    const bytesCrowded = bytesReserved + reserve > limits.maxBytesInFlight / 2
+    if (
+      readersCrowded && mine.readers >= Math.min(limits.maxReadersPerNetwork, limits.maxReaders)
+    ) {
       throw busy(true)
     }
+    if (
+      reserve && bytesCrowded &&
+      mine.bytes + reserve > Math.max(limits.maxBytesPerNetwork, limits.maxBytes)
+    ) throw busy(true)
     if (readers >= limits.maxReaders) throw busy(false)
     if (reserve && bytesReserved + reserve > Math.max(limits.maxBytesInFlight, limits.maxBytes)) {
       throw busy(false)
