@@ -10,6 +10,7 @@ import { config } from './config.ts'
 import { call } from './db.ts'
 import { SETTLE_MARGIN_MS } from './hold-notes.ts'
 import { log } from './log.ts'
+import { settleArgs } from './settlement.ts'
 import { generationStats } from './upstream.ts'
 
 interface Candidate {
@@ -62,21 +63,24 @@ export async function reconcile(
         report.pending++
         continue
       }
+      // The request's latency is unknown here: recorded as null, not 0.
+      const { hold_id, latency_ms: _unknown, ...usage } = settleArgs(c.hold_id, {
+        model: stats.model ?? c.model,
+        promptTokens: stats.promptTokens,
+        completionTokens: stats.completionTokens,
+        cachedTokens: stats.cachedTokens,
+        reasoningTokens: stats.reasoningTokens,
+        webSearchRequests: stats.webSearchRequests,
+        // (exact decimal text, as /generation sent it)
+        cost: stats.cost,
+        generationId: c.generation_id,
+        settledBy: 'generation',
+        outcome: 'cancelled',
+        latencyMs: 0,
+      })
       const s = await call<{ settled: boolean; credits_charged?: number; reason?: string }>(
         'settle_request',
-        [c.hold_id, {
-          model: stats.model ?? c.model,
-          prompt_tokens: stats.promptTokens,
-          completion_tokens: stats.completionTokens,
-          cached_tokens: stats.cachedTokens,
-          reasoning_tokens: stats.reasoningTokens,
-          web_search_requests: stats.webSearchRequests,
-          // (exact decimal text, as /generation sent it)
-          cost: stats.cost,
-          status: 'cancelled',
-          generation_id: c.generation_id,
-          settled_by: 'generation',
-        }],
+        [hold_id, usage],
       )
       if (s.settled) {
         report.settled++

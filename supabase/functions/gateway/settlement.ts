@@ -49,7 +49,7 @@ async function withRetries<T>(what: string, attempt: () => Promise<T>): Promise<
 }
 
 /** settle_request's usage (docs/SQL-API.md), with the hold's id as settle_requests takes it. */
-interface SettleArgs {
+export interface SettleArgs {
   hold_id: number
   model: string
   prompt_tokens: number
@@ -65,6 +65,26 @@ interface SettleArgs {
   latency_ms: number
   generation_id: string | null
   settled_by: SettledBy
+}
+
+/** `usage` as settle_request(s) take it: the one mapping of a Usage to SQL's usage jsonb. */
+export function settleArgs(holdId: number, usage: Usage): SettleArgs {
+  return {
+    hold_id: holdId,
+    model: usage.model,
+    prompt_tokens: tokens(usage.promptTokens),
+    completion_tokens: tokens(usage.completionTokens),
+    cached_tokens: tokens(usage.cachedTokens ?? 0),
+    cache_write_tokens: tokens(usage.cacheWriteTokens ?? 0),
+    reasoning_tokens: tokens(usage.reasoningTokens ?? 0),
+    web_search_requests: tokens(usage.webSearchRequests ?? 0),
+    images: tokens(usage.images ?? 0),
+    cost: usage.cost,
+    status: usage.outcome,
+    latency_ms: tokens(usage.latencyMs),
+    generation_id: usage.generationId,
+    settled_by: usage.settledBy,
+  }
 }
 
 // Settles are batched (batcher.ts) with one call in flight: under load the commits per request drop
@@ -112,22 +132,7 @@ export function settle(
       // A hold that is a large part of what the account has left is settled without lingering:
       // until it is, its credits are not available to the account's next request.
       const urgent = hold.available_credits < 8 * hold.held_credits
-      const s = await settlements.submit({
-        hold_id: hold.hold_id,
-        model: usage.model,
-        prompt_tokens: tokens(usage.promptTokens),
-        completion_tokens: tokens(usage.completionTokens),
-        cached_tokens: tokens(usage.cachedTokens ?? 0),
-        cache_write_tokens: tokens(usage.cacheWriteTokens ?? 0),
-        reasoning_tokens: tokens(usage.reasoningTokens ?? 0),
-        web_search_requests: tokens(usage.webSearchRequests ?? 0),
-        images: tokens(usage.images ?? 0),
-        cost: usage.cost,
-        status: usage.outcome,
-        latency_ms: tokens(usage.latencyMs),
-        generation_id: usage.generationId,
-        settled_by: usage.settledBy,
-      }, urgent)
+      const s = await settlements.submit(settleArgs(hold.hold_id, usage), urgent)
       if (s.settled && reported !== undefined && s.credits_charged !== reported) {
         // Never expected (a test pins credits.ts to SQL); if it happens, the books are right (SQL
         // charged) but a response reported another figure.
