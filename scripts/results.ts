@@ -44,6 +44,7 @@ function junit(xml: string): Counts {
       .map((m) => ({
         name: unescape(m[1]),
         failed: /<(failure|error)\b/.test(m[2]),
+        why: /<(?:failure|error)\b[^>]*\bmessage="([^"]*)"/.exec(m[2])?.[1],
         skipped: /<skipped\b/.test(m[2]),
       }))
     const names = new Set(cases.map((c) => c.name))
@@ -53,7 +54,10 @@ function junit(xml: string): Counts {
       if (c.skipped) continue
       if (c.failed) {
         counts.failed++
-        counts.failures.push(`${unescape(suite[1])}: ${c.name}`)
+        // The reason rides along (first 600 characters, one line): a CI log keeps only its tail,
+        // and the summary is the tail.
+        const why = c.why ? ` — ${unescape(c.why).replace(/\s+/g, ' ').slice(0, 600)}` : ''
+        counts.failures.push(`${unescape(suite[1])}: ${c.name}${why}`)
       } else counts.passed++
     }
   }
