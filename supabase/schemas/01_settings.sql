@@ -35,7 +35,8 @@ create table gateway.system_settings (
   registrations_per_hour integer not null default 100 check (registrations_per_hour >= 0),
   registration_ipv4_prefix integer not null default 24 check (registration_ipv4_prefix between 8 and 32),
   registration_ipv6_prefix integer not null default 64
-    check (registration_ipv6_prefix between 16 and 128)
+    check (registration_ipv6_prefix between 16 and 128),
+  hold_lease_seconds integer not null default 6 check (hold_lease_seconds between 4 and 3600)
 );
 comment on column gateway.system_settings.registrations_per_network_per_hour is
   'Self-service sign-ups per hour from one network (an IPv4 /24, an IPv6 /64: one subscriber).';
@@ -47,7 +48,13 @@ comment on column gateway.system_settings.signup_credits is 'Credits granted at 
 comment on column gateway.system_settings.default_max_tokens is
   'max_tokens sent upstream when the request gives none (then capped by what the balance affords).';
 comment on column gateway.system_settings.hold_timeout_seconds is
-  'An open hold older than this is voided by the sweeper and recorded with status expired.';
+  'The longest a worker may keep a hold alive (or its request''s lifetime, if longer): an open '
+  'hold is voided by the sweeper, recorded with status expired, once its lease lapses and at the '
+  'latest this long after admission.';
+comment on column gateway.system_settings.hold_lease_seconds is
+  'A hold''s lease: admission gives it this long, and its worker renews it every second or two '
+  'while the request runs (gateway.note_holds). A worker that vanished (killed, crashed) stops '
+  'renewing, so its holds stop holding credits within this plus the sweeper''s 2 s.';
 comment on column gateway.system_settings.usd_per_credit is
   'USD per credit: what a credit is sold for (monitor costs, usage.cost) and the rate at which USD '
   'prices become credits (fees in flat mode, everything in cost mode).';

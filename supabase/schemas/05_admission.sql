@@ -36,7 +36,9 @@ comment on column gateway.holds.prices is
   'The candidates'' prices at admission, when more than one (else dearest is the only one); the '
   'settle charges the served model''s (gateway.served_price).';
 comment on column gateway.holds.expires_at is
-  'Admission + greatest(hold_timeout_seconds, the request''s lifetime): when the sweeper may expire it.';
+  'When the sweeper may expire it: the end of its lease (admission + hold_lease_seconds, renewed by '
+  'its worker through gateway.note_holds), never past admission + greatest(hold_timeout_seconds, '
+  'the request''s lifetime).';
 comment on column gateway.holds.generation_id is
   'OpenRouter''s generation id, noted when upstream answered (gateway.note_holds): a hold whose '
   'worker died is settled from /generation by it (gateway.reconcile_candidates).';
@@ -224,7 +226,7 @@ begin
            c.requests_used, a.is_active as account_active, b.balance, b.held, s.default_max_tokens,
            s.pricing_mode, s.markup_percent, s.usd_per_credit, s.web_result_usd,
            s.refuse_unprofitable_models, s.image_part_tokens, s.audio_part_tokens,
-           s.file_part_tokens, s.web_result_tokens, s.hold_timeout_seconds,
+           s.file_part_tokens, s.web_result_tokens, s.hold_lease_seconds,
            coalesce(r.requests_per_minute, s.requests_per_minute) as a_rpm,
            coalesce(r.requests_per_hour, s.requests_per_hour) as a_rph,
            coalesce(r.requests_per_day, s.requests_per_day) as a_rpd,
@@ -576,7 +578,7 @@ begin
       jsonb_build_object('prompt_bound', p_prompt_bound, 'images', p_images, 'audio', p_audio,
                          'files', p_files, 'web_results', v_web,
                          'lifetime_seconds', p_lifetime_seconds),
-      p_now + make_interval(secs => greatest(v.hold_timeout_seconds, p_lifetime_seconds))
+      p_now + make_interval(secs => v.hold_lease_seconds)
     )
     returning id into v_hold_id;
   end decided;
@@ -636,7 +638,7 @@ begin
     'max_tokens', v_max_tokens,
     'balance', v_balance,
     'available_credits', v_balance - v_held - v_hold,
-    'expires_at', p_now + make_interval(secs => greatest(v.hold_timeout_seconds, p_lifetime_seconds)),
+    'expires_at', p_now + make_interval(secs => v.hold_lease_seconds),
     -- What the settle will charge by (gateway.charge at the served candidate's prices), so that
     -- the function can report it without waiting: every number as exact decimal text.
     'pricing', jsonb_build_object(
@@ -978,12 +980,16 @@ $$;
 revoke execute on function gateway.cancel_admissions(bigint[]) from public;
 grant execute on function gateway.cancel_admissions(bigint[]) to gateway_api;
 
--- What the function learns about a hold after admission, noted in one call for many holds: the
--- request took it (reserved = false: a reserved admission in use is never released as unused) and,
--- when upstream answered, its generation id (null keeps the one noted). Returns how many were open.
+-- What the function says about its open holds, for many in one call, every second or two while
+-- they are open (open-holds.ts): they are alive, so their leases are renewed (expires_at moves to
+-- now + hold_lease_seconds, never earlier, never past admission + greatest(hold_timeout_seconds,
+-- the request's lifetime)); a request took each (reserved = false: a reserved admission in use is
+-- never released as unused); and, when upstream answered, its generation id (null keeps the one
+-- noted). Returns how many were open.
 create or replace function gateway.note_holds(
   p_hold_ids bigint[],
-  p_generation_ids text[]
+  p_generation_ids text[],
+  p_now timestamptz default now()
 )
 returns integer
 language plpgsql
@@ -992,6 +998,8 @@ set search_path = ''
 set enable_seqscan = off
 as $$
 declare
+  v_lease integer;
+  v_timeout integer;
   v_count integer;
 begin
   if cardinality(p_hold_ids) is distinct from cardinality(p_generation_ids) then
@@ -1002,6 +1010,8 @@ begin
     raise exception using errcode = '22023', hint = 'invalid_request',
       message = 'a generation id has at most 256 characters';
   end if;
+  select s.hold_lease_seconds, s.hold_timeout_seconds into v_lease, v_timeout
+    from gateway.system_settings s where s.id;
   -- Rows locked in id order (two calls never wait on each other in a cycle); a hold closed
   -- meanwhile is simply not found.
   with n as (
@@ -1012,7 +1022,11 @@ begin
     select h.id from gateway.holds h join n on n.id = h.id order by h.id for update of h
   ), u as (
     update gateway.holds h
-       set reserved = false, generation_id = coalesce(n.gen, h.generation_id)
+       set reserved = false, generation_id = coalesce(n.gen, h.generation_id),
+           expires_at = greatest(h.expires_at, least(
+             p_now + make_interval(secs => v_lease),
+             h.created_at + make_interval(secs => greatest(
+               v_timeout, coalesce((h.facts ->> 'lifetime_seconds')::integer, 0)))))
       from n, l
      where h.id = n.id and l.id = n.id
     returning h.id
@@ -1021,40 +1035,8 @@ begin
   return v_count;
 end
 $$;
-revoke execute on function gateway.note_holds(bigint[], text[]) from public;
-grant execute on function gateway.note_holds(bigint[], text[]) to gateway_api;
-
--- Keeps holds whose requests still run from expiring: expires_at moves to p_until (never earlier,
--- at most a day ahead). Returns how many were open.
-create or replace function gateway.extend_holds(
-  p_hold_ids bigint[],
-  p_until timestamptz,
-  p_now timestamptz default now()
-)
-returns integer
-language plpgsql
-security definer
-set search_path = ''
-set enable_seqscan = off
-as $$
-declare
-  v_count integer;
-begin
-  with l as (
-    select h.id from gateway.holds h where h.id = any(p_hold_ids) order by h.id for update
-  ), u as (
-    update gateway.holds h
-       set expires_at = greatest(h.expires_at, least(p_until, p_now + interval '1 day'))
-      from l
-     where h.id = l.id
-    returning h.id
-  )
-  select count(*) into v_count from u;
-  return v_count;
-end
-$$;
-revoke execute on function gateway.extend_holds(bigint[], timestamptz, timestamptz) from public;
-grant execute on function gateway.extend_holds(bigint[], timestamptz, timestamptz) to gateway_api;
+revoke execute on function gateway.note_holds(bigint[], text[], timestamptz) from public;
+grant execute on function gateway.note_holds(bigint[], text[], timestamptz) to gateway_api;
 
 -- The server's bound on reserved admissions a worker never used nor gave back (it vanished): those
 -- reserved more than p_older_than_seconds ago are cancelled as gateway.cancel_admissions does

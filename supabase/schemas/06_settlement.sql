@@ -500,9 +500,10 @@ $$;
 revoke execute on function gateway.void_request(bigint, text, timestamptz) from public;
 grant execute on function gateway.void_request(bigint, text, timestamptz) to gateway_api;
 
--- Voids every hold past its expires_at, without charge, each recorded as status expired, settled_by
--- sweeper, with its prices and generation id: a settle that still comes charges it (settle_hold),
--- and one with a generation id is settled from /generation (gateway.reconcile_candidates).
+-- Voids every hold past its expires_at (its lease lapsed: its worker stopped renewing it, or it
+-- reached its longest life), without charge, each recorded as status expired, settled_by sweeper,
+-- with its prices and generation id: a settle that still comes charges it (settle_hold), and one
+-- with a generation id is settled from /generation (gateway.reconcile_candidates).
 create or replace function gateway.expire_stale_holds(p_now timestamptz default now())
 returns integer
 language plpgsql

@@ -41,17 +41,22 @@ revoke execute on function gateway.purge_idempotency_keys(timestamptz) from publ
 grant execute on function gateway.purge_idempotency_keys(timestamptz) to service_role;
 
 select cron.schedule(
-  'gateway-expire-stale-holds', '* * * * *', $$select gateway.expire_stale_holds()$$
-);
-select cron.schedule(
   'gateway-purge-rate-windows', '*/5 * * * *', $$select gateway.purge_rate_windows()$$
 );
 select cron.schedule(
   'gateway-purge-idempotency-keys', '17 * * * *', $$select gateway.purge_idempotency_keys()$$
 );
--- Reserved admissions a vanished worker never gave back stop holding credits and window counts
--- within seconds: pg_cron 1.5+ (hosted Supabase) runs this every 5 s; an older pg_cron once a
--- minute, and the local stack's scheduler (scripts/scheduler.ts) every 2 s besides.
+-- What a vanished worker leaves behind stops holding credits within seconds: holds whose lease
+-- lapsed (expire_stale_holds, every 2 s) and reserved admissions it never used nor gave back
+-- (every 5 s). pg_cron 1.5+ (hosted Supabase) runs them so; an older pg_cron once a minute, and
+-- the local stack's scheduler (scripts/scheduler.ts) every 2 s besides.
+select cron.schedule(
+  'gateway-expire-stale-holds',
+  case when (select string_to_array(split_part(e.extversion, '-', 1), '.')::integer[]
+               from pg_catalog.pg_extension e where e.extname = 'pg_cron') >= array[1, 5]
+       then '2 seconds' else '* * * * *' end,
+  $$select gateway.expire_stale_holds()$$
+);
 select cron.schedule(
   'gateway-release-reserved-admissions',
   case when (select string_to_array(split_part(e.extversion, '-', 1), '.')::integer[]

@@ -27,7 +27,7 @@ import type { LogFields } from './log.ts'
 import { settleWithoutUsage } from './recovery.ts'
 import { rateLimitHeaders } from './refusals.ts'
 import { reportedCharge, SETTLE_RETRY_MS, voidHold } from './settlement.ts'
-import * as notes from './hold-notes.ts'
+import * as notes from './open-holds.ts'
 import { MeteredStream } from './sse.ts'
 import {
   postChat,

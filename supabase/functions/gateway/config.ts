@@ -60,7 +60,7 @@ export const config = {
    * is billed for what was generated. Keep it below what a worker can guarantee: a worker takes
    * new requests until half its wall clock (hosted: 150 s Free, 400 s paid), so a stream begun just
    * before that has half the wall clock left (75 s / 200 s) before the worker is killed — a stream
-   * cut by the kill is settled by the reconcile from /generation instead (hold-notes.ts).
+   * cut by the kill is settled by the reconcile from /generation instead (open-holds.ts).
    */
   streamMaxSeconds: Math.max(intEnv('GATEWAY_STREAM_MAX_SECONDS', 300), 1),
   /**

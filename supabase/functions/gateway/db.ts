@@ -57,7 +57,6 @@ const FUNCTIONS = {
   idempotency_begin: {},
   idempotency_complete: {},
   note_holds: {},
-  extend_holds: {},
   reconcile_candidates: {},
 } satisfies Record<string, SqlFunctionSpec>
 

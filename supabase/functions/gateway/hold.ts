@@ -25,8 +25,8 @@ export interface Hold {
   balance: number
   /** Credits neither spent nor held once this hold was placed. */
   available_credits: number
-  /** When the hold sweeper may expire it (ISO time: admission + the request's lifetime or more);
-   * hold-notes.ts extends it. */
+  /** When the hold sweeper may expire it (ISO time): the end of its first lease, which
+   * open-holds.ts renews while the request runs. */
   expires_at: string
   /** What the settle will charge by (credits.ts reports it without waiting). */
   pricing: Pricing

@@ -1,6 +1,6 @@
 // The reconcile: holds whose worker died before settling (killed at its wall clock or memory limit
 // mid-stream, crashed) are settled from OpenRouter's /generation by the generation id noted when
-// upstream answered (hold-notes.ts). SQL lists them (gateway.reconcile_candidates: open holds older
+// upstream answered (open-holds.ts). SQL lists them (gateway.reconcile_candidates: open holds older
 // than any request can live, and expired holds not settled yet); each is settled by
 // `settle_request` exactly once, late if the sweeper expired it meanwhile. A generation whose stats
 // are not there yet is left for the next run. Called by the scheduler (routes/internal.ts: pg_cron +
@@ -8,9 +8,8 @@
 
 import { config } from './config.ts'
 import { call } from './db.ts'
-import { SETTLE_MARGIN_MS } from './hold-notes.ts'
 import { log } from './log.ts'
-import { settleArgs } from './settlement.ts'
+import { SETTLE_MARGIN_MS, settleArgs } from './settlement.ts'
 import { generationStats } from './upstream.ts'
 
 interface Candidate {

@@ -28,11 +28,17 @@ export interface Settlement {
   reason?: string
 }
 
-// A settle that cannot reach the database keeps trying in background for about two minutes (well
-// within the hold timeout, after which the sweeper would release the hold unbilled).
+// A settle that cannot reach the database keeps trying in background for about two minutes. The
+// hold's lease cannot be renewed meanwhile either: if it lapses, the settle that gets through
+// charges the expired hold all the same (late, gateway.settle_hold).
 const RETRY_DELAYS_MS = [100, 500, 2_000, 5_000, 15_000, 30_000, 60_000]
 /** How long a settle may keep retrying (a request's lifetime includes it: completions.ts). */
 export const SETTLE_RETRY_MS = RETRY_DELAYS_MS.reduce((a, b) => a + b, 0)
+/**
+ * What a settle may take after its request ended: the /generation lookups (about 10 s), and the
+ * retries while the database is unreachable (about 2 minutes).
+ */
+export const SETTLE_MARGIN_MS = 180_000
 
 async function withRetries<T>(what: string, attempt: () => Promise<T>): Promise<T> {
   for (let i = 0;; i++) {

@@ -15,8 +15,8 @@
 // admission (GATEWAY_STREAM_MAX_SECONDS) and a client stall (GATEWAY_CLIENT_STALL_SECONDS: nothing
 // taken by the client's connection for that long). On either, upstream is aborted, the client gets
 // a last chunk with finish_reason "length" (native_finish_reason says why) and [DONE], and the
-// request is billed like a client that left: from /generation, else our count. A hold that could
-// expire before the stream's end is extended in time (hold-notes.ts, keepAlive).
+// request is billed like a client that left: from /generation, else our count. The hold's lease is
+// renewed while the stream runs (open-holds.ts).
 
 import {
   appendMember,
@@ -25,7 +25,6 @@ import {
   usageCounts,
   withClientUsage,
 } from './gateway-usage.ts'
-import { keepAlive } from './hold-notes.ts'
 import type { Hold, Outcome, Usage } from './hold.ts'
 import { settleWithoutUsage } from './recovery.ts'
 import { reportedCharge, settle } from './settlement.ts'
@@ -91,7 +90,6 @@ export class MeteredStream extends UpstreamEvents {
   #controller: ReadableStreamDefaultController<Uint8Array> | undefined
   #deadlineTimer: ReturnType<typeof setTimeout> | undefined
   #stallTimer: ReturnType<typeof setTimeout> | undefined
-  #stopKeepAlive: () => void
 
   constructor(upstream: ReadableStream<Uint8Array>, meta: StreamMeta) {
     super(meta.generationId)
@@ -114,7 +112,6 @@ export class MeteredStream extends UpstreamEvents {
       () => this.#cutNow('max_duration'),
       Math.max(0, meta.deadline - Date.now()),
     )
-    this.#stopKeepAlive = keepAlive(meta.hold, meta.deadline)
   }
 
   async #pull(c: ReadableStreamDefaultController<Uint8Array>): Promise<void> {
@@ -181,7 +178,6 @@ export class MeteredStream extends UpstreamEvents {
   #stopTimers(): void {
     clearTimeout(this.#deadlineTimer)
     clearTimeout(this.#stallTimer)
-    this.#stopKeepAlive()
   }
 
   /** One upstream read, cut when upstream stays silent longer than the idle timeout. */

@@ -2,13 +2,15 @@
 -- never deleted; health; the shared models-catalog cache.
 begin;
 \ir _helpers.sql
-select plan(6);
+select plan(7);
 
 -- The settings row ------------------------------------------------------------------------------------
 select is(tests.error_of($$select gateway.set_setting('no_such_setting', '1')$$), '22023:invalid_request',
           'set_setting refuses unknown settings');
 select is(tests.error_of($$select gateway.set_setting('hold_timeout_seconds', '5')$$), '23514:',
           'set_setting keeps the column''s checks');
+select is(tests.error_of($$select gateway.set_setting('hold_lease_seconds', '3')$$), '23514:',
+          'a lease shorter than 4 s is refused: workers renew every 2 s');
 select is(tests.error_of('delete from gateway.system_settings'), '42501:invalid_request',
           'the settings row cannot be deleted');
 

@@ -4,7 +4,7 @@
 -- Prices are per token in USD; usd_per_credit is 0.00002 (1 credit = $0.00002).
 begin;
 \ir _helpers.sql
-select plan(103);
+select plan(104);
 -- A late settle raises a WARNING for the server log; not for this output.
 set local client_min_messages = error;
 
@@ -323,9 +323,16 @@ select ok((select overruns_today >= 1 and overrun_credits_today >= 990 from gate
 select tests.acct(100000) as e \gset
 select tests.b(:'e', '{"models":["test/plain"],"prompt_bound":10,"max_tokens":10,"lifetime_seconds":3600}', :'t') as long \gset
 select tests.b(:'e', '{"models":["test/plain"],"prompt_bound":10,"max_tokens":10,"lifetime_seconds":60}', :'t') as short \gset
-select ok((:'long'::jsonb ->> 'expires_at')::timestamptz = :'t'::timestamptz + interval '1 hour'
-          and (:'short'::jsonb ->> 'expires_at')::timestamptz = :'t'::timestamptz + interval '900 seconds',
-          'a hold expires at admission + the greater of hold_timeout_seconds and its request''s lifetime');
+select ok((:'long'::jsonb ->> 'expires_at')::timestamptz = :'t'::timestamptz + interval '6 seconds'
+          and (:'short'::jsonb ->> 'expires_at')::timestamptz = :'t'::timestamptz + interval '6 seconds',
+          'a hold''s first lease is hold_lease_seconds, whatever its lifetime');
+select gateway.note_holds(array[(:'long'::jsonb ->> 'hold_id')::bigint, (:'short'::jsonb ->> 'hold_id')::bigint],
+                          array[null, null]::text[], :'t'::timestamptz + interval '1000 seconds');
+select ok((select expires_at from gateway.holds where id = (:'long'::jsonb ->> 'hold_id')::bigint)
+            = :'t'::timestamptz + interval '1006 seconds'
+          and (select expires_at from gateway.holds where id = (:'short'::jsonb ->> 'hold_id')::bigint)
+            = :'t'::timestamptz + interval '900 seconds',
+          'renewed leases end at most at admission + the greater of hold_timeout_seconds and the lifetime');
 select gateway.expire_stale_holds(:'t'::timestamptz + interval '901 seconds') as swept \gset
 select ok(exists (select from gateway.holds where id = (:'long'::jsonb ->> 'hold_id')::bigint)
           and not exists (select from gateway.holds where id = (:'short'::jsonb ->> 'hold_id')::bigint),

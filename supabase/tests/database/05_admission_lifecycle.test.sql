@@ -1,11 +1,12 @@
 -- Holds across worker lifecycles: a taken reservation is noted (note_holds) and never released as
 -- unused; reserved admissions nobody took are released by the server within seconds
--- (release_reserved_admissions), uncounted and unheld; extend_holds keeps a living request's hold
--- from the sweeper; an expired hold keeps its generation id and the reconcile lists it
--- (reconcile_candidates) until a settle posts its charge.
+-- (release_reserved_admissions), uncounted and unheld; a hold is leased (hold_lease_seconds), each
+-- note renews the lease up to the hold's longest life, and a hold whose worker stopped noting it
+-- lapses; an expired hold keeps its generation id and the reconcile lists it (reconcile_candidates)
+-- until a settle posts its charge.
 begin;
 \ir _helpers.sql
-select plan(22);
+select plan(24);
 
 select date_trunc('hour', now()) + interval '10 minutes 30 seconds' as t \gset
 
@@ -24,11 +25,13 @@ select (:'ids'::bigint[])[1] as taken, (:'ids'::bigint[])[2] as noted \gset
 select tests.held(:'a') as held4 \gset
 
 -- note_holds: taken (null generation id) and noted (with one); unknown ids are not counted.
-select is(gateway.note_holds(array[:taken, :noted, -1]::bigint[], array[null, 'gen-abc', 'gen-x']),
+select is((select expires_at from gateway.holds where id = :taken), :'t'::timestamptz + interval '6 seconds',
+          'admission gives a hold a lease of hold_lease_seconds (6 s)');
+select is(gateway.note_holds(array[:taken, :noted, -1]::bigint[], array[null, 'gen-abc', 'gen-x'], :'t'),
           2, 'note_holds: two open holds noted');
 select is((select reserved from gateway.holds where id = :taken), false, 'a taken reservation is no longer reserved');
 select is((select generation_id from gateway.holds where id = :noted), 'gen-abc', 'the generation id is noted');
-select is(gateway.note_holds(array[:noted]::bigint[], array[null]::text[]), 1, 'a later null note…');
+select is(gateway.note_holds(array[:noted]::bigint[], array[null]::text[], :'t'), 1, 'a later null note…');
 select is((select generation_id from gateway.holds where id = :noted), 'gen-abc', '…keeps the generation id');
 select is(tests.error_of($$select gateway.note_holds(array[1, 2]::bigint[], array['x']::text[])$$),
           '22023:invalid_request', 'arrays of different lengths: 22023');
@@ -49,20 +52,25 @@ select is((tests.account_requests(:'a', :'t') ->> 'requests_this_minute')::int, 
 select is((select requests_used::int from gateway.key_counters
             where key_id = (:'a'::jsonb ->> 'key_id')::bigint), 2, 'the key counter too');
 
--- extend_holds: never earlier, at most a day ahead.
-select expires_at as exp0 from gateway.holds where id = :taken \gset
-select is(gateway.extend_holds(array[:taken]::bigint[], :'exp0'::timestamptz - interval '1 minute', :'t'), 1,
-          'extend_holds: one open hold');
-select is((select expires_at from gateway.holds where id = :taken), :'exp0'::timestamptz,
-          'an earlier time never shortens it');
-select is(gateway.extend_holds(array[:taken]::bigint[], :'t'::timestamptz + interval '2 days', :'t'), 1,
-          'extended…');
-select is((select expires_at from gateway.holds where id = :taken), :'t'::timestamptz + interval '1 day',
-          '…at most a day ahead');
+-- Leases: a note renews to now + hold_lease_seconds, never earlier, never past admission +
+-- greatest(hold_timeout_seconds, the request's lifetime); the noted one is not renewed after t.
+select is(gateway.note_holds(array[:taken]::bigint[], array[null]::text[], :'t'::timestamptz + interval '4 seconds'),
+          1, 'a renewal');
+select is((select expires_at from gateway.holds where id = :taken), :'t'::timestamptz + interval '10 seconds',
+          'renewed: now + hold_lease_seconds');
+select gateway.note_holds(array[:taken]::bigint[], array[null]::text[], :'t'::timestamptz + interval '1 second');
+select is((select expires_at from gateway.holds where id = :taken), :'t'::timestamptz + interval '10 seconds',
+          'an older note never shortens it');
+select gateway.note_holds(array[:taken]::bigint[], array[null]::text[], :'t'::timestamptz + interval '898 seconds');
+select is((select expires_at from gateway.holds where id = :taken), :'t'::timestamptz + interval '900 seconds',
+          'never past admission + hold_timeout_seconds (900 s; its request''s lifetime is shorter)');
+select :'t'::timestamptz + interval '6 seconds' as exp0 \gset
+select is(gateway.expire_stale_holds(:'exp0'::timestamptz - interval '1 second'), 0,
+          'nothing lapses before its lease ends');
 
 -- The sweeper keeps the generation id; the reconcile lists it; a late settle posts the charge.
 select is(gateway.expire_stale_holds(:'exp0'::timestamptz + interval '1 second'), 1,
-          'the noted hold (not extended) expires');
+          'the noted hold, its lease not renewed (its worker is gone), lapses; the renewed one stays');
 select is((select generation_id from gateway.usage_records where hold_id = :noted), 'gen-abc',
           'its expired record keeps the generation id');
 select ok(gateway.reconcile_candidates(0, 50, :'exp0'::timestamptz + interval '2 seconds')

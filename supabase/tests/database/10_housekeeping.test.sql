@@ -31,7 +31,7 @@ select ok(cron.unschedule('gateway-test-job'), 'and unschedule it');
 -- The sweeper ----------------------------------------------------------------------------------------
 select tests.new_account(1000) as a \gset
 select tests.begin(:'a'::jsonb ->> 'api_key', 100, 0, now() - interval '1 hour') as stale \gset
-select tests.begin(:'a'::jsonb ->> 'api_key', 200, 0, now() - interval '5 minutes') as fresh \gset
+select tests.begin(:'a'::jsonb ->> 'api_key', 200, 0, now() - interval '3 seconds') as fresh \gset
 select is(tests.held(:'a'), 300::bigint, 'two holds are open');
 select cmp_ok(gateway.expire_stale_holds(now()), '>=', 1, 'the sweeper expires stale holds');
 select is(
@@ -41,7 +41,7 @@ select is(
   'an expired hold is recorded as such (never silently), without charge');
 select is(tests.held(:'a'), 200::bigint, 'its credits are released');
 select ok(exists (select from gateway.holds where id = (:'fresh'::jsonb ->> 'hold_id')::bigint),
-          'a hold younger than hold_timeout_seconds stays open');
+          'a hold whose lease (hold_lease_seconds) has not ended stays open');
 select is(tests.balance(:'a'), 1000::bigint, 'expiry charges nothing');
 select is(tests.settle(:'stale', 10, 10) - 'upstream_usd' - 'balance_after' - 'hold_id',
           '{"settled":true,"late":true,"credits_charged":20,"held_credits":100,"overrun":false,
@@ -53,11 +53,11 @@ select gateway.expire_stale_holds(now()) as again \gset
 select is(
   (select count(*) from gateway.usage_records where hold_id = (:'stale'::jsonb ->> 'hold_id')::bigint),
   1::bigint, 'running the sweeper again is harmless');
-select gateway.set_setting('hold_timeout_seconds', '60');
-select tests.begin(:'a'::jsonb ->> 'api_key', 50, 0, now() - interval '2 minutes') as short \gset
+select gateway.set_setting('hold_lease_seconds', '30');
+select tests.begin(:'a'::jsonb ->> 'api_key', 50, 0, now() - interval '20 seconds') as leased \gset
 select gateway.expire_stale_holds(now());
-select is(tests.held(:'a'), 200::bigint,
-          'the timeout is the hold_timeout_seconds setting in force at admission');
+select is(tests.held(:'a'), 250::bigint,
+          'the lease is the hold_lease_seconds setting in force at admission');
 select ok(tests.ledger_ok(), 'the ledger still equals the balance');
 
 select * from finish();

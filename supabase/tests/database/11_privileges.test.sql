@@ -51,7 +51,7 @@ select set_eq(
         'admin_set_limits', 'admin_authorize', 'models_cache', 'store_models_cache',
         'begin_request', 'begin_requests', 'settle_request', 'settle_requests', 'void_request',
         'reserve_admissions', 'cancel_admissions', 'idempotency_begin', 'idempotency_complete',
-        'note_holds', 'extend_holds', 'reconcile_candidates'],
+        'note_holds', 'reconcile_candidates'],
   'gateway_api executes exactly the API functions of docs/SQL-API.md'
 );
 

@@ -401,7 +401,7 @@ export async function checkBooks(
         continue
       }
       if (!u && lostToKills < expiredUncharged) {
-        // Its worker died before the id was noted (hold-notes.ts: within a second of upstream's
+        // Its worker died before the id was noted (open-holds.ts: within a second of upstream's
         // answer): the hold expired uncharged, counted, bounded by those expiries.
         lostToKills++
         continue
@@ -476,9 +476,7 @@ export function booksLine(b: Books): string {
 export async function sweepOpenHolds(userIds: number[]): Promise<number> {
   const [{ n }] = await db()`
     select gateway.expire_stale_holds(
-             (select max(h.created_at) from gateway.holds h
-               where h.account_id = any(${userIds}::bigint[]))
-             + make_interval(secs => (select s.hold_timeout_seconds from gateway.system_settings s
-                                       where s.id))) as n`
+             (select max(h.expires_at) from gateway.holds h
+               where h.account_id = any(${userIds}::bigint[]))) as n`
   return Number(n ?? 0)
 }
