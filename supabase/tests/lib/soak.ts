@@ -69,11 +69,13 @@ export interface Churn {
   reconciledCredits: number
   /** Reserved admissions released by release_reserved_admissions. */
   released: number
+  /** Holds whose lease lapsed (their worker died), expired by the sweeper while the scheduler ran. */
+  lapsed: number
   /** 10 s after the last answer: holds still open (with / without a generation id), credits. */
   openAfter10s: number
   openWithGenerationAfter10s: number
   heldAfter10s: number
-  /** Holds the sweeper then expired (their hold timeout brought forward). */
+  /** Holds the sweeper then expired (their leases brought forward). */
   swept: number
 }
 
@@ -158,14 +160,16 @@ async function killing<T>(fn: Functions, everyMs: number, work: Promise<T>, chur
 }
 
 /**
- * After the churn load, what the scheduler does (scripts/scheduler.ts): release reserved admissions
- * every 2 s and reconcile holds from /generation, for 10 s; then what is still open, and the
- * sweeper for what only it can close (holds without a generation id).
+ * After the churn load, what the scheduler does (scripts/scheduler.ts): every 2 s the sweeper
+ * (holds whose lease lapsed: their worker died) and the release of reserved admissions, and the
+ * reconcile from /generation, for 10 s; then what is still open.
  */
 async function afterChurn(fn: Functions, ids: number[], churn: Churn) {
   const until = Date.now() + 10_000
   while (Date.now() < until) {
-    const [{ n }] = await db()`select gateway.release_reserved_admissions() as n`
+    const [{ e, n }] = await db()`
+      select gateway.expire_stale_holds() as e, gateway.release_reserved_admissions() as n`
+    churn.lapsed += Number(e)
     churn.released += Number(n)
     // The scheduler's default age is longer than any request can live; the load is over, so any
     // hold older than the settles' lookups (GATEWAY_GENERATION_LOOKUP_DELAYS_MS, 3.1 s) is dead.
@@ -296,6 +300,7 @@ export async function soak(opts: SoakOptions): Promise<SoakResult> {
         reconciled: 0,
         reconciledCredits: 0,
         released: 0,
+        lapsed: 0,
         openAfter10s: 0,
         openWithGenerationAfter10s: 0,
         heldAfter10s: 0,
@@ -410,7 +415,8 @@ export function soakLines(r: SoakResult): string[] {
         `${r.load.streamsCut}, by the stand-in ${e.streams_cut}; answers cut by kills ` +
         `${r.load.cutByKills}`,
       `churn: holds reconciled from /generation ${c.reconciled} (${c.reconciledCredits} credits), ` +
-        `reserved admissions released ${c.released}; 10 s after the load ${c.openAfter10s} holds ` +
+        `reserved admissions released ${c.released}, leases lapsed ${c.lapsed}; 10 s after the ` +
+        `load ${c.openAfter10s} holds ` +
         `open (${c.openWithGenerationAfter10s} with a generation id), ${c.heldAfter10s} credits ` +
         `held; then swept ${c.swept}; expired uncharged ${r.books.expiredUncharged} (all without ` +
         `a generation id: ${r.books.problems.every((p) => !p.includes('expired uncharged with'))})`,
