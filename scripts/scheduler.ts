@@ -6,7 +6,7 @@
 //                                           gateway.release_reserved_admissions()
 //                                           (the lapsed holds and the reserved admissions of a
 //                                           vanished worker, within seconds)
-//   every SCHEDULER_RECONCILE_SECONDS (10)  POST <gateway>/internal/reconcile with GATEWAY_CRON_SECRET
+//   every SCHEDULER_RECONCILE_SECONDS (5)   POST <gateway>/internal/reconcile with GATEWAY_CRON_SECRET
 //                                           (holds whose worker died, settled from /generation)
 //
 // On hosted both are cron jobs (README, "Scheduled jobs"). One line per run that did something.
@@ -23,7 +23,7 @@ const dbUrl = env('SCHEDULER_DB_URL')
 const gatewayUrl = env('SCHEDULER_GATEWAY_URL')
 const secret = env('GATEWAY_CRON_SECRET')
 const releaseMs = Number(env('SCHEDULER_RELEASE_SECONDS', '2')) * 1000
-const reconcileMs = Number(env('SCHEDULER_RECONCILE_SECONDS', '10')) * 1000
+const reconcileMs = Number(env('SCHEDULER_RECONCILE_SECONDS', '5')) * 1000
 
 const sql = postgres(dbUrl, { max: 1, onnotice: () => {}, connect_timeout: 5 })
 

@@ -54,7 +54,8 @@ comment on column gateway.system_settings.hold_timeout_seconds is
 comment on column gateway.system_settings.hold_lease_seconds is
   'A hold''s lease: admission gives it this long, and its worker renews it every second or two '
   'while the request runs (gateway.note_holds). A worker that vanished (killed, crashed) stops '
-  'renewing, so its holds stop holding credits within this plus the sweeper''s 2 s.';
+  'renewing: its holds upstream never answered for stop holding credits within this plus the '
+  'sweeper''s 2 s; those with a generation id stay held until the reconcile settles them.';
 comment on column gateway.system_settings.usd_per_credit is
   'USD per credit: what a credit is sold for (monitor costs, usage.cost) and the rate at which USD '
   'prices become credits (fees in flat mode, everything in cost mode).';

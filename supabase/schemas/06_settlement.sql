@@ -321,11 +321,13 @@ begin
   v_usd := ch.upstream_usd;
   v_overrun := greatest(v_credits - v_held, 0);
   if v_late then
+    -- Its credits were released at expiry: what the charge takes beyond the credits available now
+    -- (balance - held) is an overrun, recorded as such and refusing the account until positive.
     with b as (
       update gateway.credit_balances
          set balance = balance - v_credits
        where account_id = v_account
-      returning balance
+      returning balance, held
     ), l as (
       insert into gateway.ledger (account_id, kind, amount, balance_after, hold_id, reason, created_at)
       select v_account, 'charge', -v_credits, b.balance, p_hold_id, coalesce(p_model, u.model), p_now
@@ -342,10 +344,13 @@ begin
         credits_charged = v_credits, status = coalesce(p_status, 'success'),
         settled_by = p_settled_by, latency_ms = p_latency_ms, generation_id = p_generation_id,
         note = 'settled after its hold expired', price = v_price, candidates = null,
-        overrun_credits = v_overrun, settled_late = true, settled_at = p_now
+        overrun_credits = greatest(least(v_credits, b.held - b.balance), 0), settled_late = true,
+        settled_at = p_now
+        from b
        where x.hold_id = p_hold_id
     )
-    select b.balance into v_balance from b;
+    select b.balance, greatest(least(v_credits, b.held - b.balance), 0) into v_balance, v_overrun
+      from b;
     raise warning using message = format(
       'hold %s settled after it expired: %s credits charged late', p_hold_id, v_credits);
   else
@@ -500,10 +505,13 @@ $$;
 revoke execute on function gateway.void_request(bigint, text, timestamptz) from public;
 grant execute on function gateway.void_request(bigint, text, timestamptz) to gateway_api;
 
--- Voids every hold past its expires_at (its lease lapsed: its worker stopped renewing it, or it
--- reached its longest life), without charge, each recorded as status expired, settled_by sweeper,
--- with its prices and generation id: a settle that still comes charges it (settle_hold), and one
--- with a generation id is settled from /generation (gateway.reconcile_candidates).
+-- Voids holds past their expires_at, without charge, each recorded as status expired, settled_by
+-- sweeper, with its prices and generation id; a settle that still comes charges it (settle_hold).
+-- A lapsed lease (its worker stopped renewing it: killed, crashed) voids a hold only if upstream
+-- never answered for it: one with a generation id was billed upstream, so it keeps its credits
+-- held until the reconcile settles it from /generation (gateway.reconcile_candidates), within the
+-- hold; released, they could be spent again before that charge. Any hold is voided at its longest
+-- life (admission + greatest(hold_timeout_seconds, its lifetime)).
 create or replace function gateway.expire_stale_holds(p_now timestamptz default now())
 returns integer
 language plpgsql
@@ -511,11 +519,16 @@ security definer
 set search_path = ''
 as $$
 declare
+  v_timeout integer;
   v_count integer;
 begin
+  select s.hold_timeout_seconds into v_timeout from gateway.system_settings s where s.id;
   with expired as (
     delete from gateway.holds h
      where h.expires_at <= p_now
+       and (h.generation_id is null
+            or h.created_at + make_interval(secs => greatest(
+                 v_timeout, coalesce((h.facts ->> 'lifetime_seconds')::integer, 0))) <= p_now)
     returning h.*
   ), released as (
     update gateway.credit_balances b
@@ -543,9 +556,9 @@ revoke execute on function gateway.expire_stale_holds(timestamptz) from public;
 grant execute on function gateway.expire_stale_holds(timestamptz) to service_role;
 
 -- Holds to settle from OpenRouter's /generation (the scheduled reconcile, POST
--- /gateway/internal/reconcile): open ones with a generation id admitted at least p_min_age_seconds
--- ago (longer than a request can live, so their worker is gone), and expired ones with a generation
--- id not settled yet (within a week). Newest first, at most p_limit: one whose stats never appear
+-- /gateway/internal/reconcile): open ones with a generation id whose lease lapsed (their worker is
+-- gone) or admitted at least p_min_age_seconds ago, and expired ones with a generation id not
+-- settled yet (within a week). Newest first, at most p_limit: one whose stats never appear
 -- does not keep the next from being reconciled.
 create or replace function gateway.reconcile_candidates(
   p_min_age_seconds integer,
@@ -565,7 +578,8 @@ as $$
       select h.id as hold_id, h.generation_id, h.model, false as expired, h.created_at
         from gateway.holds h
        where h.generation_id is not null
-         and h.created_at <= p_now - make_interval(secs => greatest(p_min_age_seconds, 0))
+         and (h.expires_at <= p_now
+              or h.created_at <= p_now - make_interval(secs => greatest(p_min_age_seconds, 0)))
       union all
       select u.hold_id, u.generation_id, u.model, true, u.created_at
         from gateway.usage_records u

@@ -7,14 +7,16 @@
 // - The database. A hold is leased: admission gives it hold_lease_seconds (6 s), and the sweeper
 //   (every 2 s) voids a hold whose lease lapsed. While a hold is open, this worker renews its lease
 //   every RENEW_MS through gateway.note_holds, one call for all of them. A worker killed mid-request
-//   (at its wall clock, for memory, a crash) stops renewing, so its holds stop holding credits within
-//   seconds; the server needs no word from it.
+//   (at its wall clock, for memory, a crash) stops renewing, so its holds lapse within seconds; the
+//   server needs no word from it. A lapsed hold upstream never answered for is released; one with a
+//   generation id stays held until the reconcile settles it (released, its credits could be spent
+//   before that charge).
 //
 // The same call says what the database must know about the hold meanwhile:
 // - `taken`: a reserved admission (reservations.ts) is now a request's. The server releases reserved
 //   admissions older than 5 s (gateway.release_reserved_admissions), so the one in use says so first.
 // - its generation id, once upstream answered: if the worker dies before the settle, the scheduled
-//   reconcile settles the expired hold from OpenRouter's /generation by it (reconcile.ts); only a
+//   reconcile settles the lapsed hold from OpenRouter's /generation by it (reconcile.ts); only a
 //   hold that never got one stays uncharged (counted by the monitor).
 //
 // A hold is first noted when it has been open NOTE_AFTER_MS, which almost no request lasts (its

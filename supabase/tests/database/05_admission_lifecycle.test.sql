@@ -6,7 +6,7 @@
 -- until a settle posts its charge.
 begin;
 \ir _helpers.sql
-select plan(24);
+select plan(29);
 
 select date_trunc('hour', now()) + interval '10 minutes 30 seconds' as t \gset
 
@@ -68,21 +68,49 @@ select :'t'::timestamptz + interval '6 seconds' as exp0 \gset
 select is(gateway.expire_stale_holds(:'exp0'::timestamptz - interval '1 second'), 0,
           'nothing lapses before its lease ends');
 
--- The sweeper keeps the generation id; the reconcile lists it; a late settle posts the charge.
+-- A lapsed lease: the hold of a billed generation keeps its credits (the reconcile lists it at any
+-- age); one without a generation id is released; at its longest life any hold is expired, keeping
+-- its generation id for the reconcile, and a late settle posts the charge.
+select tests.new_account(1000) as b \gset
+select tests.begin(:'b'::jsonb ->> 'api_key', 10, 0, :'t') as plain \gset
+select (:'plain'::jsonb ->> 'hold_id')::bigint as plain_id \gset
 select is(gateway.expire_stale_holds(:'exp0'::timestamptz + interval '1 second'), 1,
-          'the noted hold, its lease not renewed (its worker is gone), lapses; the renewed one stays');
+          'a lapsed lease releases the hold upstream never answered for');
+select is((select status from gateway.usage_records where hold_id = :plain_id), 'expired',
+          '…recorded as expired');
+select ok(exists (select from gateway.holds where id = :noted),
+          'the lapsed hold of a billed generation stays, its credits held');
+select ok(gateway.reconcile_candidates(100000, 50, :'exp0'::timestamptz + interval '2 seconds')
+            @> jsonb_build_array(jsonb_build_object('hold_id', :noted, 'expired', false)),
+          'the reconcile lists a lapsed hold whatever its age');
+select is(gateway.expire_stale_holds(:'t'::timestamptz + interval '901 seconds'), 2,
+          'at their longest life both holds expire (the one with a generation id too)');
 select is((select generation_id from gateway.usage_records where hold_id = :noted), 'gen-abc',
           'its expired record keeps the generation id');
-select ok(gateway.reconcile_candidates(0, 50, :'exp0'::timestamptz + interval '2 seconds')
+select ok(gateway.reconcile_candidates(0, 50, :'t'::timestamptz + interval '902 seconds')
             @> jsonb_build_array(jsonb_build_object('hold_id', :noted, 'expired', true)),
           'the reconcile lists it');
 select ok((gateway.settle_request(:noted, '{"model": "test/model", "prompt_tokens": 10,
             "completion_tokens": 5, "settled_by": "generation", "generation_id": "gen-abc"}'::jsonb,
-            :'exp0'::timestamptz + interval '3 seconds') ->> 'late')::boolean,
+            :'t'::timestamptz + interval '903 seconds') ->> 'late')::boolean,
           'settled late from /generation');
-select ok(not (gateway.reconcile_candidates(0, 50, :'exp0'::timestamptz + interval '4 seconds')
+select ok(not (gateway.reconcile_candidates(0, 50, :'t'::timestamptz + interval '904 seconds')
             @> jsonb_build_array(jsonb_build_object('hold_id', :noted))),
           'then no longer listed');
+
+-- A late settle whose charge exceeds the credits available now: the excess is an overrun.
+select tests.new_account(100) as c \gset
+select tests.begin(:'c'::jsonb ->> 'api_key', 50, 0, :'t') as late \gset
+select gateway.expire_stale_holds(:'exp0'::timestamptz + interval '1 second');
+-- Meanwhile the account spent 70 of its 100 credits.
+select tests.settle(tests.begin(:'c'::jsonb ->> 'api_key', 70, 0, :'t'), 0, 70, :'t');
+select is(gateway.settle_request((:'late'::jsonb ->> 'hold_id')::bigint,
+            '{"model": "test/model", "prompt_tokens": 10, "completion_tokens": 40,
+              "settled_by": "usage"}'::jsonb, :'exp0'::timestamptz + interval '2 seconds')
+            - 'upstream_usd' - 'hold_id' - 'held_credits',
+          '{"settled": true, "late": true, "credits_charged": 50, "overrun": true,
+            "overrun_credits": 20, "balance_after": -20}'::jsonb,
+          'a late settle beyond the available credits records the excess as an overrun');
 
 select * from finish();
 rollback;

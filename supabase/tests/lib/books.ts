@@ -476,7 +476,9 @@ export function booksLine(b: Books): string {
 export async function sweepOpenHolds(userIds: number[]): Promise<number> {
   const [{ n }] = await db()`
     select gateway.expire_stale_holds(
-             (select max(h.expires_at) from gateway.holds h
+             (select max(h.created_at + make_interval(secs => greatest(s.hold_timeout_seconds,
+                       coalesce((h.facts ->> 'lifetime_seconds')::integer, 0))))
+                from gateway.holds h, gateway.system_settings s
                where h.account_id = any(${userIds}::bigint[]))) as n`
   return Number(n ?? 0)
 }

@@ -1,0 +1,331 @@
+-- A lapsed lease no longer frees the credits of a request upstream already answered (the lease
+-- attack on 20261203150000: a worker killed mid-stream, its hold voided within seconds, the client
+-- spent the freed credits, and the reconcile's late charge took the balance to -323 with no overrun
+-- recorded). Now:
+-- - expire_stale_holds voids a lapsed hold only if it has no generation id; one with an id keeps its
+--   credits held until the reconcile settles it (or its longest life ends);
+-- - reconcile_candidates lists open holds with a generation id whose lease lapsed, at any age;
+-- - a late settle (its hold was voided) records what it takes beyond the credits available as an
+--   overrun, which refuses the account until its balance is positive again.
+
+comment on column gateway.system_settings.hold_lease_seconds is
+  'A hold''s lease: admission gives it this long, and its worker renews it every second or two '
+  'while the request runs (gateway.note_holds). A worker that vanished (killed, crashed) stops '
+  'renewing: its holds upstream never answered for stop holding credits within this plus the '
+  'sweeper''s 2 s; those with a generation id stay held until the reconcile settles them.';
+
+-- settle_request's body, for it and settle_requests. Exactly once per hold: deleting
+-- the hold is the gate, or, for a hold the sweeper expired, turning its `expired` record into the
+-- real one (under the record's row lock). Charged at the served candidate's prices as admitted
+-- (gateway.served_price, gateway.charge); above the hold, in full.
+create or replace function gateway.settle_hold(
+  p_hold_id bigint,
+  p_model text,
+  p_prompt bigint,
+  p_completion bigint,
+  p_cached bigint,
+  p_cache_write bigint,
+  p_reasoning bigint,
+  p_web_searches bigint,
+  p_images bigint,
+  p_cost numeric,
+  p_status text,
+  p_latency_ms integer,
+  p_generation_id text,
+  p_settled_by text,
+  p_now timestamptz
+)
+returns jsonb
+language plpgsql
+security definer
+set search_path = ''
+set enable_seqscan = off
+set enable_bitmapscan = off
+as $$
+declare
+  h gateway.holds;
+  u gateway.usage_records;
+  v_late boolean := false;
+  v_account bigint;
+  v_key bigint;
+  v_key_windows boolean;
+  v_prices gateway.model_price[];
+  v_dearest gateway.model_price;
+  v_mode text;
+  v_usd_per_credit numeric;
+  v_held bigint;
+  v_price gateway.model_price;
+  ch record;
+  v_credits bigint;
+  v_usd numeric;
+  v_tokens bigint;
+  v_balance bigint;
+  v_overrun bigint;
+  v_minute timestamptz := date_trunc('minute', p_now, 'UTC');
+  v_hour timestamptz := date_trunc('hour', p_now, 'UTC');
+  v_day timestamptz := date_trunc('day', p_now, 'UTC');
+begin
+  if least(p_prompt, p_completion, p_cached, p_cache_write, p_reasoning, p_web_searches, p_images) < 0
+     or greatest(p_prompt, p_completion, p_cached, p_cache_write, p_reasoning, p_web_searches,
+                 p_images) > 2147483647 then
+    raise exception using errcode = '22023', hint = 'invalid_request',
+      message = 'token counts must be from 0 to 2147483647';
+  end if;
+  if p_cost < 0 or p_cost >= 1000000 then
+    raise exception using errcode = '22023', hint = 'invalid_request',
+      message = 'cost must be a non-negative number of USD below 1000000';
+  end if;
+  if p_settled_by is null or p_settled_by not in ('usage', 'generation', 'stream_count', 'sweeper') then
+    raise exception using errcode = '22023', hint = 'invalid_request',
+      message = 'settled_by must be usage, generation, stream_count or sweeper';
+  end if;
+
+  -- Closing the hold is the exactly-once gate: only one caller can delete the row.
+  delete from gateway.holds where id = p_hold_id returning * into h;
+  if found then
+    v_account := h.account_id;
+    v_key := h.key_id;
+    v_key_windows := h.count_key_windows;
+    v_prices := h.prices;
+    v_dearest := h.dearest;
+    v_mode := h.pricing_mode;
+    v_usd_per_credit := h.usd_per_credit;
+    v_held := h.amount;
+  else
+    -- Expired by the sweeper while its request still ran: the money is still owed. Its record is
+    -- the gate now (locked; a second late settle finds it settled).
+    select * into u from gateway.usage_records r where r.hold_id = p_hold_id for update;
+    if not found then
+      return jsonb_build_object('settled', false, 'reason', 'unknown_hold');
+    end if;
+    if u.status <> 'expired' or u.price is null then
+      return jsonb_build_object('settled', false, 'reason', 'already_settled');
+    end if;
+    v_late := true;
+    v_account := u.account_id;
+    v_key := u.key_id;
+    v_key_windows := exists (select from gateway.key_rate_limits kl where kl.key_id = u.key_id);
+    v_prices := u.candidates;
+    v_dearest := u.price;
+    v_mode := u.pricing_mode;
+    v_usd_per_credit := u.usd_per_credit;
+    v_held := u.credits_held;
+  end if;
+
+  -- Tokens into the subjects' windows first (one upsert: the account's row, then the key's when it
+  -- has its own limits), then the charge: counter rows before the balance row, as in admission.
+  v_tokens := p_prompt + p_completion;
+  if v_tokens > 0 then
+    -- The account's row alone (no key windows) is there but on a subject's first count of the day
+    -- after the purge: an UPDATE, cheaper than the upsert's speculative insertion, lock and update.
+    if not v_key_windows then
+      update gateway.rate_counters c set
+        minute_start = greatest(c.minute_start, v_minute),
+        minute_requests = case when c.minute_start >= v_minute then c.minute_requests else 0 end,
+        minute_tokens = case when c.minute_start >= v_minute then c.minute_tokens + v_tokens
+                             else v_tokens end,
+        hour_start = greatest(c.hour_start, v_hour),
+        hour_requests = case when c.hour_start >= v_hour then c.hour_requests else 0 end,
+        hour_tokens = case when c.hour_start >= v_hour then c.hour_tokens + v_tokens else v_tokens end,
+        day_start = greatest(c.day_start, v_day),
+        day_requests = case when c.day_start >= v_day then c.day_requests else 0 end,
+        day_tokens = case when c.day_start >= v_day then c.day_tokens + v_tokens else v_tokens end
+       where c.subject_kind = 'account' and c.subject_id = v_account;
+    end if;
+    if v_key_windows or not found then
+      insert into gateway.rate_counters as c (
+        subject_kind, subject_id, minute_start, minute_requests, minute_tokens,
+        hour_start, hour_requests, hour_tokens, day_start, day_requests, day_tokens)
+      select g.kind, g.sid, v_minute, 0, v_tokens, v_hour, 0, v_tokens, v_day, 0, v_tokens
+        from (values (1, 'account'::gateway.rate_subject, v_account),
+                     (2, 'key', v_key)) g (i, kind, sid)
+       where g.i = 1 or v_key_windows
+       order by g.i
+      on conflict (subject_kind, subject_id) do update set
+        minute_start = greatest(c.minute_start, v_minute),
+        minute_requests = case when c.minute_start >= v_minute then c.minute_requests else 0 end,
+        minute_tokens = case when c.minute_start >= v_minute then c.minute_tokens + v_tokens
+                             else v_tokens end,
+        hour_start = greatest(c.hour_start, v_hour),
+        hour_requests = case when c.hour_start >= v_hour then c.hour_requests else 0 end,
+        hour_tokens = case when c.hour_start >= v_hour then c.hour_tokens + v_tokens else v_tokens end,
+        day_start = greatest(c.day_start, v_day),
+        day_requests = case when c.day_start >= v_day then c.day_requests else 0 end,
+        day_tokens = case when c.day_start >= v_day then c.day_tokens + v_tokens else v_tokens end;
+    end if;
+  end if;
+
+  -- Priced as admitted; an overrun is charged in full (the operator paid upstream for it).
+  v_price := case when v_prices is null and v_dearest.model <> 'openrouter/auto' then v_dearest
+                  else gateway.served_price(v_prices, v_dearest, p_model, v_mode) end;
+  ch := gateway.charge(
+    v_price, v_usd_per_credit, p_prompt, p_completion, p_cached, p_cache_write, p_reasoning,
+    p_web_searches, p_images, p_cost);
+  -- Plain variables from here: the statements below are planned once, not per record shape.
+  v_credits := ch.credits;
+  v_usd := ch.upstream_usd;
+  v_overrun := greatest(v_credits - v_held, 0);
+  if v_late then
+    -- Its credits were released at expiry: what the charge takes beyond the credits available now
+    -- (balance - held) is an overrun, recorded as such and refusing the account until positive.
+    with b as (
+      update gateway.credit_balances
+         set balance = balance - v_credits
+       where account_id = v_account
+      returning balance, held
+    ), l as (
+      insert into gateway.ledger (account_id, kind, amount, balance_after, hold_id, reason, created_at)
+      select v_account, 'charge', -v_credits, b.balance, p_hold_id, coalesce(p_model, u.model), p_now
+        from b
+       where v_credits > 0
+    ), r as (
+      update gateway.usage_records x set
+        model = coalesce(p_model, u.model), prompt_tokens = p_prompt,
+        completion_tokens = p_completion, total_tokens = p_prompt + p_completion,
+        cached_tokens = least(p_cached, p_prompt),
+        cache_write_tokens = least(p_cache_write, p_prompt - least(p_cached, p_prompt)),
+        reasoning_tokens = least(p_reasoning, p_completion), web_search_requests = p_web_searches,
+        images = p_images, upstream_cost = p_cost, upstream_usd = v_usd,
+        credits_charged = v_credits, status = coalesce(p_status, 'success'),
+        settled_by = p_settled_by, latency_ms = p_latency_ms, generation_id = p_generation_id,
+        note = 'settled after its hold expired', price = v_price, candidates = null,
+        overrun_credits = greatest(least(v_credits, b.held - b.balance), 0), settled_late = true,
+        settled_at = p_now
+        from b
+       where x.hold_id = p_hold_id
+    )
+    select b.balance, greatest(least(v_credits, b.held - b.balance), 0) into v_balance, v_overrun
+      from b;
+    raise warning using message = format(
+      'hold %s settled after it expired: %s credits charged late', p_hold_id, v_credits);
+  else
+    with b as (
+      update gateway.credit_balances
+         set balance = balance - v_credits, held = held - v_held
+       where account_id = v_account
+      returning balance
+    ), l as (
+      insert into gateway.ledger (account_id, kind, amount, balance_after, hold_id, reason, created_at)
+      select v_account, 'charge', -v_credits, b.balance, p_hold_id, coalesce(p_model, h.model), p_now
+        from b
+       where v_credits > 0
+    ), r as (
+      insert into gateway.usage_records (
+        hold_id, account_id, key_id, model, prompt_tokens, completion_tokens, total_tokens,
+        upstream_cost, credits_charged, credits_held, max_tokens, status, settled_by, latency_ms,
+        generation_id, created_at, settled_at, cached_tokens, cache_write_tokens, reasoning_tokens,
+        web_search_requests, images, upstream_usd, pricing_mode, usd_per_credit, price, facts,
+        overrun_credits
+      ) values (
+        p_hold_id, v_account, v_key, coalesce(p_model, h.model), p_prompt, p_completion,
+        p_prompt + p_completion, p_cost, v_credits, v_held, h.max_tokens,
+        coalesce(p_status, 'success'), p_settled_by, p_latency_ms, p_generation_id, h.created_at,
+        p_now, least(p_cached, p_prompt), least(p_cache_write, p_prompt - least(p_cached, p_prompt)),
+        least(p_reasoning, p_completion), p_web_searches, p_images, v_usd, v_mode,
+        v_usd_per_credit, v_price, h.facts, v_overrun
+      )
+    )
+    select b.balance into v_balance from b;
+  end if;
+
+  return jsonb_build_object(
+    'settled', true,
+    'hold_id', p_hold_id,
+    'credits_charged', v_credits,
+    'held_credits', v_held,
+    'overrun', v_overrun > 0,
+    'overrun_credits', v_overrun,
+    'upstream_usd', v_usd::text,
+    'late', v_late,
+    'balance_after', v_balance
+  );
+end
+$$;
+revoke execute on function gateway.settle_hold(bigint, text, bigint, bigint, bigint, bigint, bigint, bigint, bigint, numeric, text, integer, text, text, timestamptz) from public;
+
+-- Voids holds past their expires_at, without charge, each recorded as status expired, settled_by
+-- sweeper, with its prices and generation id; a settle that still comes charges it (settle_hold).
+-- A lapsed lease (its worker stopped renewing it: killed, crashed) voids a hold only if upstream
+-- never answered for it: one with a generation id was billed upstream, so it keeps its credits
+-- held until the reconcile settles it from /generation (gateway.reconcile_candidates), within the
+-- hold; released, they could be spent again before that charge. Any hold is voided at its longest
+-- life (admission + greatest(hold_timeout_seconds, its lifetime)).
+create or replace function gateway.expire_stale_holds(p_now timestamptz default now())
+returns integer
+language plpgsql
+security definer
+set search_path = ''
+as $$
+declare
+  v_timeout integer;
+  v_count integer;
+begin
+  select s.hold_timeout_seconds into v_timeout from gateway.system_settings s where s.id;
+  with expired as (
+    delete from gateway.holds h
+     where h.expires_at <= p_now
+       and (h.generation_id is null
+            or h.created_at + make_interval(secs => greatest(
+                 v_timeout, coalesce((h.facts ->> 'lifetime_seconds')::integer, 0))) <= p_now)
+    returning h.*
+  ), released as (
+    update gateway.credit_balances b
+       set held = b.held - e.total
+      from (select x.account_id, sum(x.amount) as total from expired x group by x.account_id) e
+     where b.account_id = e.account_id
+  ), recorded as (
+    insert into gateway.usage_records (
+      hold_id, account_id, key_id, model, credits_charged, credits_held, max_tokens, status,
+      settled_by, note, created_at, settled_at, pricing_mode, usd_per_credit, price, candidates,
+      facts, generation_id
+    )
+    select x.id, x.account_id, x.key_id, x.model, 0, x.amount, x.max_tokens, 'expired', 'sweeper',
+           case when x.generation_id is null then 'hold timed out: released without charge'
+                else 'hold timed out: released without charge until settled from /generation' end,
+           x.created_at, p_now, x.pricing_mode, x.usd_per_credit, x.dearest, x.prices, x.facts,
+           x.generation_id
+      from expired x
+  )
+  select count(*) into v_count from expired;
+  return v_count;
+end
+$$;
+revoke execute on function gateway.expire_stale_holds(timestamptz) from public;
+grant execute on function gateway.expire_stale_holds(timestamptz) to service_role;
+
+-- Holds to settle from OpenRouter's /generation (the scheduled reconcile, POST
+-- /gateway/internal/reconcile): open ones with a generation id whose lease lapsed (their worker is
+-- gone) or admitted at least p_min_age_seconds ago, and expired ones with a generation id not
+-- settled yet (within a week). Newest first, at most p_limit: one whose stats never appear
+-- does not keep the next from being reconciled.
+create or replace function gateway.reconcile_candidates(
+  p_min_age_seconds integer,
+  p_limit integer default 50,
+  p_now timestamptz default now()
+)
+returns jsonb
+language sql
+stable
+security definer
+set search_path = ''
+as $$
+  select coalesce(jsonb_agg(jsonb_build_object(
+           'hold_id', c.hold_id, 'generation_id', c.generation_id, 'model', c.model,
+           'expired', c.expired) order by c.created_at desc, c.hold_id desc), '[]')
+    from (
+      select h.id as hold_id, h.generation_id, h.model, false as expired, h.created_at
+        from gateway.holds h
+       where h.generation_id is not null
+         and (h.expires_at <= p_now
+              or h.created_at <= p_now - make_interval(secs => greatest(p_min_age_seconds, 0)))
+      union all
+      select u.hold_id, u.generation_id, u.model, true, u.created_at
+        from gateway.usage_records u
+       where u.status = 'expired' and u.generation_id is not null
+         and u.settled_at > p_now - interval '7 days'
+      order by created_at desc, hold_id desc
+      limit greatest(least(p_limit, 500), 1)
+    ) c
+$$;
+revoke execute on function gateway.reconcile_candidates(integer, integer, timestamptz) from public;
+grant execute on function gateway.reconcile_candidates(integer, integer, timestamptz) to gateway_api;
