@@ -19,19 +19,22 @@
 //   reconcile settles the lapsed hold from OpenRouter's /generation by it (reconcile.ts); only a
 //   hold that never got one stays uncharged (counted by the monitor).
 //
-// A hold is first noted when it has been open NOTE_AFTER_MS, which almost no request lasts (its
-// settle records the generation id and closes the hold): measured, a note per request doubled the
-// calls per request and, behind PgBouncer during a Postgres restart, left requests waiting for
-// connections. The price: a worker killed within a second of upstream's answer leaves a hold without
-// a generation id. A failed note is logged; the next tick sends it again.
+// A hold is first noted when it has been open NOTE_AFTER_MS, or its generation id known for
+// GENERATION_NOTE_AFTER_MS, which few requests last (the settle records the generation id and closes
+// the hold): measured, a note per request doubled the calls per request and, behind PgBouncer
+// during a Postgres restart, left requests waiting for connections; a tick sends all that are due
+// in one call. The price: a worker killed within about half a second of upstream's answer leaves a
+// hold without a generation id. A failed note is logged; the next tick sends it again.
 
 import { describe, inBackground, keepWorker } from './background.ts'
 import { call } from './db.ts'
 import type { Hold } from './hold.ts'
 import { log } from './log.ts'
 
-/** How long a hold is open before it is first noted. */
+/** How long a hold is open before it is first noted (its lease renewed). */
 const NOTE_AFTER_MS = 1_000
+/** How long a generation id is known before it is noted, however young its hold. */
+const GENERATION_NOTE_AFTER_MS = 250
 /** How often a noted hold's lease is renewed: three renewals fit in the default 6 s lease. */
 const RENEW_MS = 2_000
 /** How often the worker looks at its open holds while it has any. */
@@ -41,6 +44,8 @@ interface Open {
   /** When its lease began (epoch ms): its admission, for a reservation when it was reserved. */
   since: number
   generationId: string | null
+  /** When the generation id became known (epoch ms; 0: not yet). */
+  generationAt: number
   /** When it was last noted (0: never), and the generation id that note carried. */
   notedAt: number
   notedGeneration: string | null
@@ -56,7 +61,13 @@ let noting = false
  */
 export function opened(hold: Hold, since = Date.now()): Hold {
   if (!open.has(hold.hold_id)) {
-    open.set(hold.hold_id, { since, generationId: null, notedAt: 0, notedGeneration: null })
+    open.set(hold.hold_id, {
+      since,
+      generationId: null,
+      generationAt: 0,
+      notedAt: 0,
+      notedGeneration: null,
+    })
   }
   keepWorker('holds', true)
   ticker ??= setInterval(tick, TICK_MS)
@@ -89,15 +100,24 @@ export function taken(hold: Hold, reservedAt: number): void {
 export function generation(hold: Hold, generationId: string | null): void {
   const o = open.get(hold.hold_id)
   // OpenRouter's ids are `gen-…`; anything else is not worth a note (nor quoting in an array).
-  if (o && generationId && /^[\w.:-]{1,256}$/.test(generationId)) o.generationId = generationId
+  if (o && generationId && /^[\w.:-]{1,256}$/.test(generationId)) {
+    o.generationId = generationId
+    o.generationAt = Date.now()
+  }
 }
 
-/** The holds to note now: open long enough, and never noted, due for renewal, or with news. */
+/**
+ * The holds to note now: a generation id known long enough and not noted yet; or open long enough,
+ * and never noted or due for renewal.
+ */
 function due(now: number): [number, Open][] {
   const out: [number, Open][] = []
   for (const [id, o] of open) {
-    if (now - o.since < NOTE_AFTER_MS) continue
-    if (o.notedAt === 0 || now - o.notedAt >= RENEW_MS || o.generationId !== o.notedGeneration) {
+    const news = o.generationId !== o.notedGeneration &&
+      now - o.generationAt >= GENERATION_NOTE_AFTER_MS
+    const renew = now - o.since >= NOTE_AFTER_MS &&
+      (o.notedAt === 0 || now - o.notedAt >= RENEW_MS || o.generationId !== o.notedGeneration)
+    if (news || renew) {
       out.push([id, o])
       if (out.length === 500) break // one call's worth; the rest on the next tick
     }

@@ -401,7 +401,7 @@ export async function checkBooks(
         continue
       }
       if (!u && lostToKills < expiredUncharged) {
-        // Its worker died before the id was noted (open-holds.ts: within a second of upstream's
+        // Its worker died before the id was noted (open-holds.ts: within ~0.5 s of upstream's
         // answer): the hold expired uncharged, counted, bounded by those expiries.
         lostToKills++
         continue
