@@ -129,7 +129,9 @@ test('a reserved admission in use when the server releases it is still charged',
       return u
     }, 5_000).catch(() => null)
     const b = await balance(a.userId)
-    console.log(`reserved-release: stream ${gen} record ${JSON.stringify(record)}, balance ${b.balance}`)
+    console.log(
+      `reserved-release: stream ${gen} record ${JSON.stringify(record)}, balance ${b.balance}`,
+    )
     assert.ok(record, 'the stream upstream billed has no usage record: it was free')
     assert.ok(record.credits_charged > 0)
   } finally {
