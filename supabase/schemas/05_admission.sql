@@ -1038,10 +1038,28 @@ $$;
 revoke execute on function gateway.note_holds(bigint[], text[], timestamptz) from public;
 grant execute on function gateway.note_holds(bigint[], text[], timestamptz) to gateway_api;
 
+-- Reserved admissions the server released (release_reserved_admissions), kept a day: a request that
+-- had taken one while its worker could not say so (the database out of its reach for seconds)
+-- still settles, late, from its copy here (settle_hold). Rows as in holds, and when released.
+create table gateway.released_reservations (
+  like gateway.holds,
+  released_at timestamptz not null,
+  primary key (id)
+);
+create index released_reservations_released_at on gateway.released_reservations (released_at);
+comment on table gateway.released_reservations is
+  'Reserved admissions the server released as unused, kept a day: a settle that still comes for '
+  'one charges it late (gateway.settle_hold). Deleted once settled, or after a day.';
+alter table gateway.released_reservations enable row level security;
+create policy no_api_access on gateway.released_reservations
+  for all to anon, authenticated using (false) with check (false);
+
 -- The server's bound on reserved admissions a worker never used nor gave back (it vanished): those
 -- reserved more than p_older_than_seconds ago are cancelled as gateway.cancel_admissions does
--- (uncounted, unheld, no usage record). A reservation still in use 2.5 s after it was made is noted
--- then (gateway.note_holds: no longer reserved), so never matches.
+-- (uncounted, unheld, no usage record). A reservation in use is noted within about a second
+-- (gateway.note_holds: no longer reserved), so never matches, unless its worker could not reach
+-- the database meanwhile: a copy of each is kept (released_reservations), by which its settle, if
+-- one comes, still charges it.
 create or replace function gateway.release_reserved_admissions(
   p_older_than_seconds integer default 5,
   p_now timestamptz default now()
@@ -1051,11 +1069,26 @@ language plpgsql
 security definer
 set search_path = ''
 as $$
+declare
+  v_ids bigint[];
+  v_count integer;
 begin
-  return gateway.cancel_admissions(array(
+  delete from gateway.released_reservations r where r.released_at < p_now - interval '1 day';
+  v_ids := array(
     select h.id from gateway.holds h
      where h.reserved
-       and h.created_at <= p_now - make_interval(secs => greatest(p_older_than_seconds, 1))));
+       and h.created_at <= p_now - make_interval(secs => greatest(p_older_than_seconds, 1)));
+  if cardinality(v_ids) = 0 then
+    return 0;
+  end if;
+  insert into gateway.released_reservations
+  select h.*, p_now from gateway.holds h where h.id = any(v_ids)
+  on conflict (id) do nothing;
+  v_count := gateway.cancel_admissions(v_ids);
+  -- Noted or closed meanwhile (cancel_admissions skips those): not released.
+  delete from gateway.released_reservations r
+   where r.id = any(v_ids) and exists (select from gateway.holds h where h.id = r.id);
+  return v_count;
 end
 $$;
 revoke execute on function gateway.release_reserved_admissions(integer, timestamptz) from public;

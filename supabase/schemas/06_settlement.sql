@@ -251,7 +251,25 @@ begin
     -- the gate now (locked; a second late settle finds it settled).
     select * into u from gateway.usage_records r where r.hold_id = p_hold_id for update;
     if not found then
-      return jsonb_build_object('settled', false, 'reason', 'unknown_hold');
+      -- A reserved admission the server released as unused while a request had it (its worker
+      -- could not say so in time): recorded as the sweeper records an expired hold, then charged
+      -- late like one.
+      with x as (
+        delete from gateway.released_reservations r where r.id = p_hold_id returning r.*
+      )
+      insert into gateway.usage_records (
+        hold_id, account_id, key_id, model, credits_charged, credits_held, max_tokens, status,
+        settled_by, note, created_at, settled_at, pricing_mode, usd_per_credit, price, candidates,
+        facts, generation_id
+      )
+      select x.id, x.account_id, x.key_id, x.model, 0, x.amount, x.max_tokens, 'expired',
+             'sweeper', 'reserved admission released by the server while in use', x.created_at,
+             p_now, x.pricing_mode, x.usd_per_credit, x.dearest, x.prices, x.facts, x.generation_id
+        from x
+      returning * into u;
+      if not found then
+        return jsonb_build_object('settled', false, 'reason', 'unknown_hold');
+      end if;
     end if;
     if u.status <> 'expired' or u.price is null then
       return jsonb_build_object('settled', false, 'reason', 'already_settled');

@@ -145,7 +145,10 @@ export function settle(
         log('error', 'settle charged other than reported', { hold_id: hold.hold_id })
       }
       if (logged && s.settled && !s.overrun_credits && !s.late) return s
-      log('info', 'settled', {
+      // A hold the database no longer knows: whatever upstream billed for it is charged to nobody.
+      // Never expected (expired and released holds settle late); loud if it happens.
+      const level = !s.settled && s.reason === 'unknown_hold' ? 'error' : 'info'
+      log(level, 'settled', {
         hold_id: hold.hold_id,
         user_id: hold.user_id,
         key_prefix: hold.key_prefix,

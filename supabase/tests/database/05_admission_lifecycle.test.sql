@@ -6,7 +6,7 @@
 -- until a settle posts its charge.
 begin;
 \ir _helpers.sql
-select plan(29);
+select plan(34);
 
 select date_trunc('hour', now()) + interval '10 minutes 30 seconds' as t \gset
 
@@ -51,6 +51,22 @@ select is((tests.account_requests(:'a', :'t') ->> 'requests_this_minute')::int, 
           'the minute window counts the two taken only');
 select is((select requests_used::int from gateway.key_counters
             where key_id = (:'a'::jsonb ->> 'key_id')::bigint), 2, 'the key counter too');
+select is((select count(*)::int from gateway.released_reservations where id = any(:'ids'::bigint[])), 2,
+          'a copy of each released reservation is kept');
+-- A request had one after all (its worker could not note it in time): its settle charges it late.
+select (:'ids'::bigint[])[3] as released \gset
+select is(gateway.settle_request(:released, '{"model": "test/model", "prompt_tokens": 3,
+            "completion_tokens": 4, "settled_by": "usage"}'::jsonb, :'t'::timestamptz + interval '7 seconds')
+            - 'upstream_usd' - 'hold_id' - 'balance_after' - 'held_credits',
+          '{"settled": true, "late": true, "credits_charged": 7, "overrun": false, "overrun_credits": 0}'::jsonb,
+          'a settle of a released reservation is charged late');
+select is((select row(status, settled_late, credits_charged)::text from gateway.usage_records
+            where hold_id = :released), row('success', true, 7)::text, 'and recorded');
+select is(gateway.settle_request(:released, '{"model": "test/model", "prompt_tokens": 3,
+            "completion_tokens": 4, "settled_by": "usage"}'::jsonb) ->> 'reason', 'already_settled',
+          'once');
+select is((select count(*)::int from gateway.released_reservations where id = :released), 0,
+          'its copy is gone');
 
 -- Leases: a note renews to now + hold_lease_seconds, never earlier, never past admission +
 -- greatest(hold_timeout_seconds, the request's lifetime); the noted one is not renewed after t.
