@@ -12,6 +12,7 @@
 import postgres from 'postgres'
 import { loadAccount } from '../../supabase/tests/lib/books.ts'
 import { functionDbUrl, roundTrips } from '../measure.ts'
+import { pricedModel } from '../../supabase/functions/gateway/chat-request.ts'
 import { MODEL } from '../scenarios.ts'
 
 export interface SqlProfile {
@@ -58,7 +59,11 @@ export async function profileSql(url: string, calls = 2000): Promise<SqlProfile>
         let t = performance.now()
         const [{ h }] = await tx.unsafe(
           'select gateway.begin_request($1, $2, $3, $4) as h',
-          [hash, '127.0.0.1', null, { models: [MODEL], prompt_bound: 9, max_tokens: 8 }],
+          [hash, '127.0.0.1', null, {
+            models: [pricedModel(MODEL)],
+            prompt_bound: 9,
+            max_tokens: 8,
+          }],
           { prepare: true },
         )
         beginMs += performance.now() - t
