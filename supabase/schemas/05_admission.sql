@@ -49,6 +49,25 @@ alter table gateway.holds enable row level security;
 create policy no_api_access on gateway.holds
   for all to anon, authenticated using (false) with check (false);
 
+-- The longest a hold may live: admission + greatest(hold_timeout_seconds, its request's lifetime).
+-- Its worker renews its lease up to then (note_holds); the sweeper voids any hold past it
+-- (expire_stale_holds), with a generation id or not.
+create or replace function gateway.hold_life_end(
+  p_created_at timestamptz,
+  p_facts jsonb,
+  p_timeout_seconds integer
+)
+returns timestamptz
+language sql
+immutable
+security definer
+set search_path = ''
+as $$
+  select p_created_at + make_interval(secs => greatest(
+    p_timeout_seconds, coalesce((p_facts ->> 'lifetime_seconds')::integer, 0)))
+$$;
+revoke execute on function gateway.hold_life_end(timestamptz, jsonb, integer) from public;
+
 
 -- Request facts (begin_request's p_facts, begin_requests' elements, reserve_admissions'), checked:
 -- anything missing, unknown, negative or out of range is 22023 with a message of our own.
@@ -1025,8 +1044,7 @@ begin
        set reserved = false, generation_id = coalesce(n.gen, h.generation_id),
            expires_at = greatest(h.expires_at, least(
              p_now + make_interval(secs => v_lease),
-             h.created_at + make_interval(secs => greatest(
-               v_timeout, coalesce((h.facts ->> 'lifetime_seconds')::integer, 0)))))
+             gateway.hold_life_end(h.created_at, h.facts, v_timeout)))
       from n, l
      where h.id = n.id and l.id = n.id
     returning h.id

@@ -545,8 +545,7 @@ begin
     delete from gateway.holds h
      where h.expires_at <= p_now
        and (h.generation_id is null
-            or h.created_at + make_interval(secs => greatest(
-                 v_timeout, coalesce((h.facts ->> 'lifetime_seconds')::integer, 0))) <= p_now)
+            or gateway.hold_life_end(h.created_at, h.facts, v_timeout) <= p_now)
     returning h.*
   ), released as (
     update gateway.credit_balances b

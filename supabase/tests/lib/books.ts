@@ -476,8 +476,7 @@ export function booksLine(b: Books): string {
 export async function sweepOpenHolds(userIds: number[]): Promise<number> {
   const [{ n }] = await db()`
     select gateway.expire_stale_holds(
-             (select max(h.created_at + make_interval(secs => greatest(s.hold_timeout_seconds,
-                       coalesce((h.facts ->> 'lifetime_seconds')::integer, 0))))
+             (select max(gateway.hold_life_end(h.created_at, h.facts, s.hold_timeout_seconds))
                 from gateway.holds h, gateway.system_settings s
                where h.account_id = any(${userIds}::bigint[]))) as n`
   return Number(n ?? 0)
