@@ -15,31 +15,52 @@ export async function cannotRestart(dbUrl: string): Promise<string | null> {
   return null
 }
 
-export interface Restart {
-  /** From the command's start to pg_ctl's return (the server accepts connections again). */
+export interface Outage {
+  /** From the stop command's start to pg_ctl start's return (the server accepts connections again). */
   ms: number
   startedAt: number
   endedAt: number
 }
 
-/** `pg_ctl -D .local/pg -w -t 30 restart -m fast`, as the postgres user. */
-export async function restartPostgres(): Promise<Restart> {
+function pgCtl(args: string[]): Promise<Deno.CommandOutput> {
+  const argv = [`${PG_BIN}/pg_ctl`, '-D', PGDATA, '-w', '-t', '30', ...args]
+  // Postgres refuses to run as root: as root, become postgres; else we must be the owner already.
+  const [cmd, ...rest] = Deno.uid() === 0 ? ['runuser', '-u', 'postgres', '--', ...argv] : argv
+  return new Deno.Command(cmd, { args: rest, stdout: 'piped', stderr: 'piped' }).output()
+}
+
+async function mustSucceed(what: string, out: Promise<Deno.CommandOutput>) {
+  const done = await out
+  if (done.success) return
+  const text = new TextDecoder().decode(done.stderr) + new TextDecoder().decode(done.stdout)
+  throw new Error(`${what} failed: ${text}`)
+}
+
+/**
+ * An outage: `pg_ctl stop -m fast`, down until `seen()` says the outage was observed (checked every
+ * 25 ms, at least `minMs`, at most `maxMs`), then `pg_ctl start`. A bare `pg_ctl restart` can be
+ * over in a few hundred ms on a fast machine, quicker than any client notices: the test would then
+ * prove nothing about the outage, and fail saying so.
+ */
+export async function postgresOutage(
+  seen: () => boolean,
+  { minMs = 1_000, maxMs = 10_000 } = {},
+): Promise<Outage> {
   const lock = await Deno.open(LOCK, { create: true, write: true })
   await lock.lock(true)
   try {
-    const pgCtl = [
-      `${PG_BIN}/pg_ctl`,
-      ...['-D', PGDATA, '-w', '-t', '30', 'restart', '-m', 'fast', '-l', `${PGDATA}/server.log`],
-    ]
-    // Postgres refuses to run as root: as root, become postgres; else we must be the owner already.
-    const [cmd, ...args] = Deno.uid() === 0 ? ['runuser', '-u', 'postgres', '--', ...pgCtl] : pgCtl
     const startedAt = performance.now()
-    const out = await new Deno.Command(cmd, { args, stdout: 'piped', stderr: 'piped' }).output()
-    const endedAt = performance.now()
-    if (!out.success) {
-      const text = new TextDecoder().decode(out.stderr) + new TextDecoder().decode(out.stdout)
-      throw new Error(`pg_ctl restart failed: ${text}`)
+    await mustSucceed('pg_ctl stop', pgCtl(['stop', '-m', 'fast']))
+    try {
+      while (true) {
+        const downFor = performance.now() - startedAt
+        if ((downFor >= minMs && seen()) || downFor >= maxMs) break
+        await new Promise((r) => setTimeout(r, 25))
+      }
+    } finally {
+      await mustSucceed('pg_ctl start', pgCtl(['start', '-l', `${PGDATA}/server.log`]))
     }
+    const endedAt = performance.now()
     return { ms: Math.round(endedAt - startedAt), startedAt, endedAt }
   } finally {
     await lock.unlock()
