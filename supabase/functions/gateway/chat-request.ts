@@ -366,6 +366,32 @@ function isNumberChar(c: number): boolean {
     c === 0x45
 }
 
+/**
+ * The most objects and arrays a chat body may hold. Parsed, `{}` (2 bytes) is a V8 object of some
+ * 140: 1.3 million of them in a 3.9 MB body grew a worker by ~180 MiB, past its 256, and the
+ * runtime killed it with every request in flight there. This many cost at most ~30 MB; a real body
+ * holds a few per message (a 100,000-deep schema is accepted).
+ */
+export const MAX_CONTAINERS = 200_000
+
+/**
+ * Whether a text holds more than MAX_CONTAINERS objects and arrays (outside strings): counted before
+ * JSON.parse, which is what costs the memory. Any text; strings are jumped over.
+ */
+export function tooManyContainers(text: string): boolean {
+  let n = 0
+  for (let i = 0; i < text.length;) {
+    const c = text.charCodeAt(i)
+    if (c === QUOTE) {
+      i = stringEnd(text, i)
+      continue
+    }
+    if ((c === 0x7b || c === 0x5b) && ++n > MAX_CONTAINERS) return true
+    i++
+  }
+  return false
+}
+
 function skipSpace(text: string, i: number): number {
   for (let c = text.charCodeAt(i); c === 0x20 || c === 0x0a || c === 0x0d || c === 0x09;) {
     c = text.charCodeAt(++i)

@@ -4,7 +4,7 @@
 
 import { createRoute } from '@hono/zod-openapi'
 import { caller } from '../identity.ts'
-import { ChatCompletionRequest } from '../chat-request.ts'
+import { ChatCompletionRequest, MAX_CONTAINERS, tooManyContainers } from '../chat-request.ts'
 import { chatCompletion } from '../completions.ts'
 import { config } from '../config.ts'
 import { ApiError } from '../errors.ts'
@@ -48,6 +48,13 @@ const TIMEOUT_HEADER = 'x-gateway-upstream-timeout-ms'
 chatRoutes.post('/v1/chat/completions', async (c) => {
   const who = await caller(c)
   const text = await c.req.text()
+  if (tooManyContainers(text)) {
+    throw new ApiError(
+      413,
+      `The request body holds more than ${MAX_CONTAINERS} JSON objects and arrays`,
+      { code: 'request_too_large' },
+    )
+  }
   let raw: unknown
   try {
     raw = JSON.parse(text)
