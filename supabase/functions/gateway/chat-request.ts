@@ -375,10 +375,10 @@ function isNumberChar(c: number): boolean {
 export const MAX_CONTAINERS = 200_000
 
 /**
- * Whether a text holds more than MAX_CONTAINERS objects and arrays (outside strings): counted before
- * JSON.parse, which is what costs the memory. Any text; strings are jumped over.
+ * How many objects and arrays a text holds (outside strings), counted up to MAX_CONTAINERS + 1:
+ * before JSON.parse, which is what costs the memory. Any text; strings are jumped over.
  */
-export function tooManyContainers(text: string): boolean {
+export function containersIn(text: string): number {
   let n = 0
   for (let i = 0; i < text.length;) {
     const c = text.charCodeAt(i)
@@ -386,10 +386,10 @@ export function tooManyContainers(text: string): boolean {
       i = stringEnd(text, i)
       continue
     }
-    if ((c === 0x7b || c === 0x5b) && ++n > MAX_CONTAINERS) return true
+    if ((c === 0x7b || c === 0x5b) && ++n > MAX_CONTAINERS) return n
     i++
   }
-  return false
+  return n
 }
 
 function skipSpace(text: string, i: number): number {

@@ -5,7 +5,7 @@
 // before SQL sees the key, so a key of the right shape that no account has was enough.
 
 import assert from 'node:assert/strict'
-import { newAccount, unknownKey } from '../lib/accounts.ts'
+import { newAccount, setRateLimits, unknownKey } from '../lib/accounts.ts'
 import { startFunctions, startOwnSimulator } from '../lib/procs.ts'
 import { test } from '../lib/stack.ts'
 
@@ -60,6 +60,57 @@ test('a body of 1.3 million empty objects is refused without killing the worker,
       { answers: [], killedForMemory: 0, streamWhole: true },
       'each hostile body refused with a 4xx, no worker killed, the stream in flight ended whole',
     )
+  } finally {
+    await fn.stop()
+    await sim.close()
+  }
+})
+
+test('16 concurrent bodies of 199,000 empty objects each: some wait (503), none kills the worker', async () => {
+  const sim = startOwnSimulator()
+  const fn = await startFunctions({ upstream: sim.baseUrl, env: { GATEWAY_LOG_REQUESTS: '0' } })
+  const base = fn.url.replace(/\/functions\/v1\/gateway$/, '')
+  try {
+    const a = await newAccount(100_000_000, 'body-shape-many')
+    await setRateLimits(a.userId, { requests_per_minute: 10_000 })
+    const stream = await fetch(`${fn.url}/v1/chat/completions`, {
+      method: 'POST',
+      headers: { authorization: `Bearer ${a.key}`, 'content-type': 'application/json' },
+      body: JSON.stringify({
+        model: 'openai/gpt-4o-mini~len-300~delay-10',
+        messages: [{ role: 'user', content: 'a long answer' }],
+        max_tokens: 300,
+        stream: true,
+      }),
+    })
+    assert.equal(stream.status, 200)
+    const streamed = stream.text().catch((err) => `the stream was cut: ${err}`)
+    // Each under the per-body cap (200,000), ~0.6 MB; 16 at once were ~450 MB parsed.
+    const heavy =
+      `{"model":"openai/gpt-4o-mini~len-2","messages":[{"role":"user","content":"hi"}],` +
+      `"max_tokens":4,"x":[${Array(199_000).fill('{}').join(',')}]}`
+    const statuses = await Promise.all(Array.from({ length: 16 }, async () => {
+      const res = await fetch(`${fn.url}/v1/chat/completions`, {
+        method: 'POST',
+        headers: { authorization: `Bearer ${a.key}`, 'content-type': 'application/json' },
+        body: heavy,
+      })
+      const body = await res.text()
+      return res.status === 200 ? '200' : `${res.status} ${JSON.parse(body).error?.code}`
+    }))
+    const { events } = await (await fetch(`${base}/_edge/lifecycle`)).json()
+    const byStatus: Record<string, number> = {}
+    for (const s of statuses) byStatus[s] = (byStatus[s] ?? 0) + 1
+    console.log(
+      `heavy bodies: ${JSON.stringify(byStatus)}; killed for memory ${events.killed_memory}`,
+    )
+    assert.ok(
+      statuses.every((s) => s === '200' || s === '503 server_busy'),
+      JSON.stringify(byStatus),
+    )
+    assert.ok(statuses.includes('200'), 'the budget still lets a heavy body through')
+    assert.equal(events.killed_memory, 0)
+    assert.match(await streamed, /data: \[DONE\]/)
   } finally {
     await fn.stop()
     await sim.close()
