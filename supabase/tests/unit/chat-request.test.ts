@@ -116,6 +116,30 @@ Deno.test('upstreamBody: a name the client repeats, at any depth, goes upstream 
   }
 })
 
+/** Non-empty objects in a JSON value. */
+function countObjects(v: unknown): number {
+  if (Array.isArray(v)) return v.reduce((n: number, x) => n + countObjects(x), 0)
+  if (v === null || typeof v !== 'object') return 0
+  const values = Object.values(v)
+  return (values.length > 0 ? 1 : 0) + values.reduce((n: number, x) => n + countObjects(x), 0)
+}
+
+/** `v` as JSON text, its `target`-th non-empty object (in text order) naming its first member twice. */
+function withRepeat(v: unknown, target: number, indent: number): string {
+  let seen = 0
+  const write = (x: unknown): string => {
+    if (Array.isArray(x)) return `[${x.map(write).join(',')}]`
+    if (x === null || typeof x !== 'object') return JSON.stringify(x)
+    const entries = Object.entries(x)
+    if (entries.length === 0) return '{}'
+    const mine = seen++ === target
+    const members = entries.map(([k, y]) => `${JSON.stringify(k)}:${' '.repeat(indent)}${write(y)}`)
+    if (mine) members.unshift(`${JSON.stringify(entries[0][0])}:0`)
+    return `{${members.join(',')}}`
+  }
+  return write(v)
+}
+
 Deno.test('namesOf: a repeated name in any object at any depth, and the outermost count', () => {
   // Objects whose names are unique (a dictionary's keys), nested in objects and arrays.
   const value = fc.letrec((tie) => ({
@@ -138,15 +162,11 @@ Deno.test('namesOf: a repeated name in any object at any depth, and the outermos
           topLevel: Object.keys(obj).length,
           longer: 0,
         })
-        // Repeat one name of one object (found by its text): then it is seen, at whatever depth.
-        const names = [...text.matchAll(/("(?:[^"\\]|\\.)*")\s*:/g)]
-        if (names.length === 0) return
-        const m = names[pick % names.length]
-        const at = m.index! + m[0].length
-        const value = text.slice(at)
-        const repeated = `${text.slice(0, at)}${value.match(/^\s*/)![0]}0,${
-          m[1]
-        }:${value.trimStart()}`
+        // The same value written with one name of one object repeated (the pick-th non-empty
+        // object, in text order): then it is seen, at whatever depth.
+        const objects = countObjects(obj)
+        if (objects === 0) return
+        const repeated = withRepeat(obj, pick % objects, indent)
         JSON.parse(repeated) // still JSON
         assert.equal(namesOf(repeated).repeated, true, repeated)
       },
