@@ -12,8 +12,10 @@
 //   start does not finish, exactly as on Supabase.
 //
 // Control: the supervisor writes one command per line on stdin; this process answers with lines on
-// stdout that start with CONTROL_PREFIX (everything else on stdout/stderr is the function's log). If
-// stdin closes, the supervisor is gone: the worker exits at once, like a crashed instance.
+// stderr that start with CONTROL_PREFIX (everything else on stderr is the function's log, which the
+// supervisor passes on). stdout is the supervisor's own (inherited): the function's log lines and
+// this worker's per-request lines go straight to the log, not through the supervisor. If stdin
+// closes, the supervisor is gone: the worker exits at once, like a crashed instance.
 //
 // CPU time per request is measured with process.cpuUsage() (getrusage: user + system of the whole
 // process, so V8's GC threads are included). With concurrent requests, the CPU consumed between two
@@ -22,7 +24,7 @@
 
 import process from 'node:process'
 
-/** Lines of stdout that are messages to the supervisor (serve-functions.ts reads them). */
+/** Lines of stderr that are messages to the supervisor (serve-functions.ts reads them). */
 const CONTROL_PREFIX = '\u001eedge-worker '
 
 type Handler = (req: Request, info: Deno.ServeHandlerInfo) => Response | Promise<Response>
@@ -36,7 +38,7 @@ const cpuLimitMs = Number(Deno.env.get('FUNCTIONS_CPU_LIMIT_MS') ?? 2000)
 const encoder = new TextEncoder()
 
 function control(message: Record<string, unknown>): void {
-  Deno.stdout.writeSync(encoder.encode(`${CONTROL_PREFIX}${JSON.stringify(message)}\n`))
+  Deno.stderr.writeSync(encoder.encode(`${CONTROL_PREFIX}${JSON.stringify(message)}\n`))
 }
 
 function runtimeLog(msg: string, fields: Record<string, unknown>): void {

@@ -44,7 +44,11 @@
 // is killed at its wall clock). SIGKILL of this process takes its workers with it: they exit as
 // soon as their stdin closes, with nothing pending run (a crash).
 
-/** Lines of a worker's stdout that are messages to this supervisor (edge-worker.ts writes them). */
+/**
+ * Lines of a worker's stderr that are messages to this supervisor (edge-worker.ts writes them). A
+ * worker's stdout is this process's own (inherited): its log lines, one or two per request, are not
+ * read and re-printed here, which cost this process about as much CPU as a request's routing.
+ */
 const CONTROL_PREFIX = '\u001eedge-worker '
 
 // Spawning workers and reading their memory from /proc need every permission (Deno asks --allow-all
@@ -183,7 +187,7 @@ class Worker {
         FUNCTIONS_CPU_LIMIT_MS: String(limits.cpuLimitMs),
       },
       stdin: 'piped',
-      stdout: 'piped',
+      stdout: 'inherit',
       stderr: 'piped',
     }).spawn()
     this.pid = this.child.pid
@@ -195,9 +199,8 @@ class Worker {
       onFail = reject
     })
     this.ready.catch(() => {})
-    pipeLines(this.child.stderr, (line) => console.error(line))
-    pipeLines(this.child.stdout, (line) => {
-      if (!line.startsWith(CONTROL_PREFIX)) return console.log(line)
+    pipeLines(this.child.stderr, (line) => {
+      if (!line.startsWith(CONTROL_PREFIX)) return console.error(line)
       const m = JSON.parse(line.slice(CONTROL_PREFIX.length))
       if (m.t === 'ready') {
         this.client = Deno.createHttpClient({
