@@ -98,13 +98,16 @@ function beforeunload(reason: string): void {
 
 // --- CPU per request ------------------------------------------------------------------------------
 interface Running {
-  cpuUs: number
+  /** `sharedUs` when it started: its CPU is what that sum grew by while it was in flight. */
+  sharedFrom: number
   started: number
   peak: number
 }
 const inFlight = new Set<Running>()
 let lastCpu = 0
 let idleCpuUs = 0
+/** The CPU one request in flight all along would have been given: each interval's / in flight. */
+let sharedUs = 0
 let served = 0
 
 function cpuNow(): number {
@@ -117,17 +120,13 @@ function account(): void {
   const now = cpuNow()
   const delta = now - lastCpu
   lastCpu = now
-  if (inFlight.size === 0) {
-    idleCpuUs += delta
-    return
-  }
-  const share = delta / inFlight.size
-  for (const r of inFlight) r.cpuUs += share
+  if (inFlight.size === 0) idleCpuUs += delta
+  else sharedUs += delta / inFlight.size
 }
 
 function started(): Running {
   account()
-  const r: Running = { cpuUs: 0, started: performance.now(), peak: 0 }
+  const r: Running = { sharedFrom: sharedUs, started: performance.now(), peak: 0 }
   inFlight.add(r)
   for (const o of inFlight) o.peak = Math.max(o.peak, inFlight.size)
   pending()
@@ -141,7 +140,7 @@ function ended(r: Running, status: number, outcome: string): void {
   pending()
   served++
   if (!logRequests) return
-  const cpuMs = Math.round(r.cpuUs / 10) / 100
+  const cpuMs = Math.round((sharedUs - r.sharedFrom) / 10) / 100
   runtimeLog('worker request', {
     status,
     outcome,
