@@ -516,32 +516,16 @@ async function dispatch(fn: string, req: Request, info: Deno.ServeHandlerInfo): 
 
   const out = new Headers(res.headers)
   for (const h of HOP_BY_HOP) out.delete(h)
-  if (!res.body) {
+  // The worker's body goes to the client as it is (Deno copies a fetch body into the response
+  // natively, no JS per chunk, and keeps its length). The request is over when Deno has sent it
+  // all, or stopped: the client left (the worker's connection is closed, so it sees that too), or
+  // the worker went away mid-body (killed at its wall clock: the client's stream is cut).
+  const over = () => {
     req.signal.removeEventListener('abort', onClientGone)
     finished()
-    return new Response(null, { status: res.status, statusText: res.statusText, headers: out })
   }
-  const reader = res.body.getReader()
-  const body = new ReadableStream<Uint8Array>({
-    async pull(controller) {
-      try {
-        const { done: end, value } = await reader.read()
-        if (end) {
-          controller.close()
-          finished()
-        } else controller.enqueue(value)
-      } catch (err) {
-        // The worker went away mid-body (killed at its wall clock): the client's stream is cut.
-        finished()
-        controller.error(err)
-      }
-    },
-    cancel(reason) {
-      finished()
-      return reader.cancel(reason).catch(() => {})
-    },
-  })
-  return new Response(body, { status: res.status, statusText: res.statusText, headers: out })
+  info.completed.then(over, over)
+  return new Response(res.body, { status: res.status, statusText: res.statusText, headers: out })
 }
 
 function lifecycle(): Response {
