@@ -178,11 +178,12 @@ function observe(res: Response, r: Running, req: Request, completed: Promise<voi
  * x-edge-accept-encoding.
  */
 function asSent(req: Request): Request {
-  const headers = new Headers(req.headers)
-  const acceptEncoding = headers.get('x-edge-accept-encoding')
-  headers.delete('x-edge-accept-encoding')
-  if (acceptEncoding === null) headers.delete('accept-encoding')
-  else headers.set('accept-encoding', acceptEncoding)
+  // One pass into a list the Request takes as it is (not a Headers copy, then deletes and a set).
+  const headers: [string, string][] = []
+  for (const header of req.headers) {
+    if (header[0] === 'x-edge-accept-encoding') headers.push(['accept-encoding', header[1]])
+    else if (header[0] !== 'accept-encoding') headers.push(header)
+  }
   return new Request(req.url, {
     method: req.method,
     headers,
