@@ -22,9 +22,11 @@
 // request events (a start or an end) is split evenly between the requests in flight during it; CPU
 // spent while none is in flight (background settles) is the worker's `idle` CPU, reported at exit.
 // getrusage sums every thread of the process and costs ~50 µs a call in a busy worker (measured at
-// c=64: 10,539 calls, 49 µs each; 8 % of a worker profile's busy time), so it is read at most once per
-// CPU_SAMPLE_MS: a start or end sooner than that after the last reading counts from that reading
-// (what it shifts between neighbours is at most that long's CPU; nothing is lost or counted twice).
+// c=64: 10,539 calls, 49 µs each; 8 % of a worker profile's busy time). So with CPU_COALESCE_FROM or
+// more requests in flight, it is read at most once per CPU_SAMPLE_MS: a start or end sooner than that
+// after the last reading counts from that reading: that moves at most that long's CPU between
+// neighbouring requests; nothing is lost or counted twice. With fewer in flight every start and end
+// reads it, so a lone request's figure is exact however short it is.
 
 import process from 'node:process'
 
@@ -113,7 +115,8 @@ let idleCpuUs = 0
 /** The CPU one request in flight all along would have been given: each interval's / in flight. */
 let sharedUs = 0
 let served = 0
-const CPU_SAMPLE_MS = 2
+const CPU_SAMPLE_MS = 5
+const CPU_COALESCE_FROM = 8
 let sampledAt = -Infinity
 
 function cpuNow(): number {
@@ -124,7 +127,7 @@ function cpuNow(): number {
 /** Shares the CPU used since the last reading among the requests in flight during it. */
 function account(force = false): void {
   const t = performance.now()
-  if (!force && t - sampledAt < CPU_SAMPLE_MS) return
+  if (!force && inFlight.size >= CPU_COALESCE_FROM && t - sampledAt < CPU_SAMPLE_MS) return
   sampledAt = t
   const now = cpuNow()
   const delta = now - lastCpu

@@ -228,6 +228,13 @@ Deno.test({
       await sleep(200)
       const line = rt.fn.logs().map((l) => JSON.parse(l)).find((l) => l.msg === 'worker request')
       assert.equal(line?.outcome, 'complete', JSON.stringify(line))
+      // Short requests one after the other, each alone in its worker: each has its own CPU, however
+      // soon it ends after the reading at its start.
+      for (let i = 0; i < 5; i++) assert.equal((await rt.get('timer?ms=0')).status, 200)
+      await sleep(200)
+      const lines = rt.fn.logs().map((l) => JSON.parse(l)).filter((l) => l.msg === 'worker request')
+      assert.equal(lines.length, 6)
+      for (const l of lines) assert.ok(l.cpu_ms > 0, JSON.stringify(lines))
     } finally {
       await rt.fn.stop()
     }
