@@ -47,7 +47,8 @@
 /**
  * Lines of a worker's stderr that are messages to this supervisor (edge-worker.ts writes them). A
  * worker's stdout is this process's own (inherited): its log lines, one or two per request, are not
- * read and re-printed here, which cost this process about as much CPU as a request's routing.
+ * read and re-printed here, which cost this process about as much CPU as a request's routing. Each
+ * line is one write, so lines of several processes do not mix (into a pipe, up to 4 KiB a line).
  */
 const CONTROL_PREFIX = '\u001eedge-worker '
 
