@@ -1032,13 +1032,16 @@ begin
   select s.hold_lease_seconds, s.hold_timeout_seconds into v_lease, v_timeout
     from gateway.system_settings s where s.id;
   -- Rows locked in id order (two calls never wait on each other in a cycle); a hold closed
-  -- meanwhile is simply not found.
+  -- meanwhile is simply not found. A hold another transaction has locked (its settle, the sweeper,
+  -- an operator's session) is skipped, not waited for: one locked row must not hold up the
+  -- renewal of every other hold in the call (the worker sends it again at its next renewal).
   with n as (
     select distinct on (t.id) t.id, t.gen
       from unnest(p_hold_ids, p_generation_ids) t (id, gen)
      order by t.id, t.gen nulls last
   ), l as (
-    select h.id from gateway.holds h join n on n.id = h.id order by h.id for update of h
+    select h.id from gateway.holds h join n on n.id = h.id
+     order by h.id for update of h skip locked
   ), u as (
     update gateway.holds h
        set reserved = false, generation_id = coalesce(n.gen, h.generation_id),
