@@ -21,12 +21,10 @@
 // process, so V8's GC threads are included). With concurrent requests, the CPU consumed between two
 // request events (a start or an end) is split evenly between the requests in flight during it; CPU
 // spent while none is in flight (background settles) is the worker's `idle` CPU, reported at exit.
-// getrusage sums every thread of the process and costs ~50 µs a call in a busy worker (measured at
-// c=64: 10,539 calls, 49 µs each; 8 % of a worker profile's busy time). So with CPU_COALESCE_FROM or
-// more requests in flight, it is read at most once per CPU_SAMPLE_MS: a start or end sooner than that
-// after the last reading counts from that reading: that moves at most that long's CPU between
-// neighbouring requests; nothing is lost or counted twice. With fewer in flight every start and end
-// reads it, so a lone request's figure is exact however short it is.
+// process.cpuUsage() is one getrusage (RUSAGE_SELF) per start and per end. A profile of a busy worker
+// puts 5-8 % of its time there (49 µs of wall clock a call at c=64), but reading it at most once per
+// 5 ms under load changed the worker's CPU per request by nothing measurable (docs/PERFORMANCE.md),
+// so every start and end reads it and each request's figure stays exact.
 
 import process from 'node:process'
 
@@ -115,20 +113,14 @@ let idleCpuUs = 0
 /** The CPU one request in flight all along would have been given: each interval's / in flight. */
 let sharedUs = 0
 let served = 0
-const CPU_SAMPLE_MS = 5
-const CPU_COALESCE_FROM = 8
-let sampledAt = -Infinity
 
 function cpuNow(): number {
   const u = process.cpuUsage()
   return u.user + u.system
 }
 
-/** Shares the CPU used since the last reading among the requests in flight during it. */
-function account(force = false): void {
-  const t = performance.now()
-  if (!force && inFlight.size >= CPU_COALESCE_FROM && t - sampledAt < CPU_SAMPLE_MS) return
-  sampledAt = t
+/** Shares the CPU used since the last event among the requests in flight during it. */
+function account(): void {
   const now = cpuNow()
   const delta = now - lastCpu
   lastCpu = now
@@ -256,7 +248,7 @@ const memTimer = setInterval(() => {
 Deno.unrefTimer(memTimer)
 
 function exitNow(code: number, reason: string): never {
-  account(true)
+  account()
   control({ t: 'exit', reason, served, idle_cpu_ms: Math.round(idleCpuUs / 1000) })
   Deno.exit(code)
 }
