@@ -150,6 +150,9 @@ try {
       upstream: `${SIM}/api/v1`,
       log: `${tmp}/functions.log`,
       denoArgs: opts.profile ? ['--cpu-prof', `--cpu-prof-dir=${tmp}/profile`] : [],
+      supervisorDenoArgs: opts.profile
+        ? ['--cpu-prof', `--cpu-prof-dir=${tmp}/profile-supervisor`]
+        : [],
     })
     sql = postgres(DB_URL, {
       max: 2,
@@ -200,14 +203,18 @@ try {
 }
 
 if (opts.profile) {
-  const cpu = await summariseProfiles(`${tmp}/profile`)
+  const cpu = await summariseProfiles(`${tmp}/profile`, 'a function worker')
+  const supervisorCpu = await summariseProfiles(
+    `${tmp}/profile-supervisor`,
+    'the supervisor (scripts/serve-functions.ts)',
+  )
   let sqlProfile: SqlProfile | undefined
   if (sql && !gatewayDown) {
     log('profiling the request path SQL (one rolled-back transaction)')
     sqlProfile = await profileSql(DB_URL, 2000)
     console.log(`\n${formatSqlProfile(sqlProfile)}`)
   }
-  profileSummary = { cpu, sql: sqlProfile }
+  profileSummary = { cpu, supervisor: supervisorCpu, sql: sqlProfile }
 }
 
 derive(cells)
@@ -479,14 +486,14 @@ async function probeGateway(key: string): Promise<string | null> {
   }
 }
 
-async function summariseProfiles(dir: string): Promise<unknown> {
+async function summariseProfiles(dir: string, what: string): Promise<unknown> {
   try {
     for await (const f of Deno.readDir(dir)) {
       if (!f.name.endsWith('.cpuprofile')) continue
       const path = `${dir}/${f.name}`
       const summary = summarise(JSON.parse(await Deno.readTextFile(path)), 25)
       console.log(
-        `\nCPU profile of the functions server (${path}), top self time:\n${summary.text}`,
+        `\nCPU profile of ${what} (${path}), top self time:\n${summary.text}`,
       )
       return { file: path, top: summary.top }
     }

@@ -12,17 +12,23 @@
 //   start does not finish, exactly as on Supabase.
 //
 // Control: the supervisor writes one command per line on stdin; this process answers with lines on
-// stdout that start with CONTROL_PREFIX (everything else on stdout/stderr is the function's log). If
-// stdin closes, the supervisor is gone: the worker exits at once, like a crashed instance.
+// stderr that start with CONTROL_PREFIX (everything else on stderr is the function's log, which the
+// supervisor passes on). stdout is the supervisor's own (inherited): the function's log lines and
+// this worker's per-request lines go straight to the log, not through the supervisor. If stdin
+// closes, the supervisor is gone: the worker exits at once, like a crashed instance.
 //
 // CPU time per request is measured with process.cpuUsage() (getrusage: user + system of the whole
 // process, so V8's GC threads are included). With concurrent requests, the CPU consumed between two
 // request events (a start or an end) is split evenly between the requests in flight during it; CPU
 // spent while none is in flight (background settles) is the worker's `idle` CPU, reported at exit.
+// process.cpuUsage() is one getrusage (RUSAGE_SELF) per start and per end. A profile of a busy worker
+// puts 5-8 % of its time there (49 µs of wall clock a call at c=64), but reading it at most once per
+// 5 ms under load changed the worker's CPU per request by nothing measurable (docs/PERFORMANCE.md),
+// so every start and end reads it and each request's figure stays exact.
 
 import process from 'node:process'
 
-/** Lines of stdout that are messages to the supervisor (serve-functions.ts reads them). */
+/** Lines of stderr that are messages to the supervisor (serve-functions.ts reads them). */
 const CONTROL_PREFIX = '\u001eedge-worker '
 
 type Handler = (req: Request, info: Deno.ServeHandlerInfo) => Response | Promise<Response>
@@ -36,7 +42,7 @@ const cpuLimitMs = Number(Deno.env.get('FUNCTIONS_CPU_LIMIT_MS') ?? 2000)
 const encoder = new TextEncoder()
 
 function control(message: Record<string, unknown>): void {
-  Deno.stdout.writeSync(encoder.encode(`${CONTROL_PREFIX}${JSON.stringify(message)}\n`))
+  Deno.stderr.writeSync(encoder.encode(`${CONTROL_PREFIX}${JSON.stringify(message)}\n`))
 }
 
 function runtimeLog(msg: string, fields: Record<string, unknown>): void {
@@ -96,13 +102,16 @@ function beforeunload(reason: string): void {
 
 // --- CPU per request ------------------------------------------------------------------------------
 interface Running {
-  cpuUs: number
+  /** `sharedUs` when it started: its CPU is what that sum grew by while it was in flight. */
+  sharedFrom: number
   started: number
   peak: number
 }
 const inFlight = new Set<Running>()
 let lastCpu = 0
 let idleCpuUs = 0
+/** The CPU one request in flight all along would have been given: each interval's / in flight. */
+let sharedUs = 0
 let served = 0
 
 function cpuNow(): number {
@@ -115,17 +124,13 @@ function account(): void {
   const now = cpuNow()
   const delta = now - lastCpu
   lastCpu = now
-  if (inFlight.size === 0) {
-    idleCpuUs += delta
-    return
-  }
-  const share = delta / inFlight.size
-  for (const r of inFlight) r.cpuUs += share
+  if (inFlight.size === 0) idleCpuUs += delta
+  else sharedUs += delta / inFlight.size
 }
 
 function started(): Running {
   account()
-  const r: Running = { cpuUs: 0, started: performance.now(), peak: 0 }
+  const r: Running = { sharedFrom: sharedUs, started: performance.now(), peak: 0 }
   inFlight.add(r)
   for (const o of inFlight) o.peak = Math.max(o.peak, inFlight.size)
   pending()
@@ -139,7 +144,7 @@ function ended(r: Running, status: number, outcome: string): void {
   pending()
   served++
   if (!logRequests) return
-  const cpuMs = Math.round(r.cpuUs / 10) / 100
+  const cpuMs = Math.round((sharedUs - r.sharedFrom) / 10) / 100
   runtimeLog('worker request', {
     status,
     outcome,
@@ -150,36 +155,16 @@ function ended(r: Running, status: number, outcome: string): void {
   })
 }
 
-/** The response's body, unchanged, with its end (or the client leaving) observed. */
-function observed(res: Response, r: Running): Response {
-  if (!res.body) {
-    ended(r, res.status, 'complete')
-    return res
-  }
-  const reader = res.body.getReader()
-  const body = new ReadableStream<Uint8Array>({
-    async pull(controller) {
-      try {
-        const { done, value } = await reader.read()
-        if (done) {
-          controller.close()
-          ended(r, res.status, 'complete')
-        } else controller.enqueue(value)
-      } catch (err) {
-        ended(r, res.status, 'body_error')
-        controller.error(err)
-      }
-    },
-    cancel(reason) {
-      ended(r, res.status, 'client_gone')
-      return reader.cancel(reason)
-    },
-  })
-  return new Response(body, {
-    status: res.status,
-    statusText: res.statusText,
-    headers: res.headers,
-  })
+/**
+ * The request ends when Deno has sent the response's body to its end, or stopped (the client left,
+ * the body errored): the response goes out as the function made it, not re-wrapped in a stream of
+ * ours (which cost a JS read and enqueue per chunk, and turned every sized body into a chunked one).
+ */
+function observe(res: Response, r: Running, req: Request, completed: Promise<void>): void {
+  completed.then(
+    () => ended(r, res.status, req.signal.aborted ? 'client_gone' : 'complete'),
+    () => ended(r, res.status, req.signal.aborted ? 'client_gone' : 'body_error'),
+  )
 }
 
 /**
@@ -188,11 +173,12 @@ function observed(res: Response, r: Running): Response {
  * x-edge-accept-encoding.
  */
 function asSent(req: Request): Request {
-  const headers = new Headers(req.headers)
-  const acceptEncoding = headers.get('x-edge-accept-encoding')
-  headers.delete('x-edge-accept-encoding')
-  if (acceptEncoding === null) headers.delete('accept-encoding')
-  else headers.set('accept-encoding', acceptEncoding)
+  // One pass into a list the Request takes as it is (not a Headers copy, then deletes and a set).
+  const headers: [string, string][] = []
+  for (const header of req.headers) {
+    if (header[0] === 'x-edge-accept-encoding') headers.push(['accept-encoding', header[1]])
+    else if (header[0] !== 'accept-encoding') headers.push(header)
+  }
   return new Request(req.url, {
     method: req.method,
     headers,
@@ -246,7 +232,8 @@ const server = Deno.serve({
     if (sent.body && !sent.bodyUsed && !sent.body.locked) {
       sent.body.pipeTo(new WritableStream()).catch(() => {})
     }
-    return observed(res, r)
+    observe(res, r, req, info.completed)
+    return res
   } catch (err) {
     ended(r, 500, 'threw')
     throw err

@@ -44,7 +44,12 @@
 // is killed at its wall clock). SIGKILL of this process takes its workers with it: they exit as
 // soon as their stdin closes, with nothing pending run (a crash).
 
-/** Lines of a worker's stdout that are messages to this supervisor (edge-worker.ts writes them). */
+/**
+ * Lines of a worker's stderr that are messages to this supervisor (edge-worker.ts writes them). A
+ * worker's stdout is this process's own (inherited): its log lines, one or two per request, are not
+ * read and re-printed here, which cost this process about as much CPU as a request's routing. Each
+ * line is one write, so lines of several processes do not mix (into a pipe, up to 4 KiB a line).
+ */
 const CONTROL_PREFIX = '\u001eedge-worker '
 
 // Spawning workers and reading their memory from /proc need every permission (Deno asks --allow-all
@@ -183,7 +188,7 @@ class Worker {
         FUNCTIONS_CPU_LIMIT_MS: String(limits.cpuLimitMs),
       },
       stdin: 'piped',
-      stdout: 'piped',
+      stdout: 'inherit',
       stderr: 'piped',
     }).spawn()
     this.pid = this.child.pid
@@ -195,9 +200,8 @@ class Worker {
       onFail = reject
     })
     this.ready.catch(() => {})
-    pipeLines(this.child.stderr, (line) => console.error(line))
-    pipeLines(this.child.stdout, (line) => {
-      if (!line.startsWith(CONTROL_PREFIX)) return console.log(line)
+    pipeLines(this.child.stderr, (line) => {
+      if (!line.startsWith(CONTROL_PREFIX)) return console.error(line)
       const m = JSON.parse(line.slice(CONTROL_PREFIX.length))
       if (m.t === 'ready') {
         this.client = Deno.createHttpClient({
@@ -437,9 +441,23 @@ function errorResponse(status: number, message: string, code: string): Response 
   return Response.json({ error: { message, type: 'invalid_request_error', code } }, { status })
 }
 
-const HOP_BY_HOP = ['connection', 'keep-alive', 'transfer-encoding', 'upgrade', 'te', 'trailer']
+const HOP_BY_HOP = new Set([
+  'connection',
+  'keep-alive',
+  'transfer-encoding',
+  'upgrade',
+  'te',
+  'trailer',
+])
 
-async function dispatch(fn: string, req: Request, info: Deno.ServeHandlerInfo): Promise<Response> {
+/** `url`: the request's, parsed once by the caller; `rest`: its path after the function's name. */
+async function dispatch(
+  fn: string,
+  rest: string,
+  url: URL,
+  req: Request,
+  info: Deno.ServeHandlerInfo,
+): Promise<Response> {
   if (stopping) return errorResponse(503, 'The functions server is shutting down', 'shutting_down')
   let w: Worker
   try {
@@ -457,19 +475,24 @@ async function dispatch(fn: string, req: Request, info: Deno.ServeHandlerInfo): 
     w.check()
   }
 
-  const url = new URL(req.url)
-  const match = /^\/functions\/v1\/[^/]+(\/.*)?$/.exec(url.pathname)!
-  url.pathname = `/${fn}${match[1] ?? ''}`
-  const headers = new Headers(req.headers)
-  for (const h of HOP_BY_HOP) headers.delete(h)
+  url.pathname = `/${fn}${rest}`
+  // One pass over the client's headers into a list fetch() takes as it is (a Headers copy, then
+  // deletes and sets on it, then fetch's own copy of it, cost two passes and a dozen scans).
+  const headers: [string, string][] = []
+  let forwarded: string | null = null
+  let acceptEncoding: string | null = null
+  for (const [name, value] of req.headers) {
+    if (HOP_BY_HOP.has(name) || name === 'x-edge-accept-encoding') continue
+    if (name === 'x-forwarded-for') forwarded = value
+    else if (name === 'accept-encoding') acceptEncoding = value
+    else headers.push([name, value])
+  }
   const remote = (info.remoteAddr as Deno.NetAddr).hostname
-  const forwarded = headers.get('x-forwarded-for')
-  headers.set('x-forwarded-for', forwarded ? `${forwarded}, ${remote}` : remote)
+  headers.push(['x-forwarded-for', forwarded ? `${forwarded}, ${remote}` : remote])
   // fetch() would decompress a gzip body and keep its content-encoding: the worker gets the
   // client's accept-encoding under another name (edge-worker.ts restores it), and bytes pass as is.
-  const acceptEncoding = headers.get('accept-encoding')
-  if (acceptEncoding !== null) headers.set('x-edge-accept-encoding', acceptEncoding)
-  headers.set('accept-encoding', 'identity')
+  if (acceptEncoding !== null) headers.push(['x-edge-accept-encoding', acceptEncoding])
+  headers.push(['accept-encoding', 'identity'])
 
   const abort = new AbortController()
   const onClientGone = () => abort.abort(req.signal.reason)
@@ -511,34 +534,18 @@ async function dispatch(fn: string, req: Request, info: Deno.ServeHandlerInfo): 
   }
   clearTimeout(timer)
 
-  const out = new Headers(res.headers)
-  for (const h of HOP_BY_HOP) out.delete(h)
-  if (!res.body) {
+  const out: [string, string][] = []
+  for (const header of res.headers) if (!HOP_BY_HOP.has(header[0])) out.push(header)
+  // The worker's body goes to the client as it is (Deno copies a fetch body into the response
+  // natively, no JS per chunk, and keeps its length). The request is over when Deno has sent it
+  // all, or stopped: the client left (the worker's connection is closed, so it sees that too), or
+  // the worker went away mid-body (killed at its wall clock: the client's stream is cut).
+  const over = () => {
     req.signal.removeEventListener('abort', onClientGone)
     finished()
-    return new Response(null, { status: res.status, statusText: res.statusText, headers: out })
   }
-  const reader = res.body.getReader()
-  const body = new ReadableStream<Uint8Array>({
-    async pull(controller) {
-      try {
-        const { done: end, value } = await reader.read()
-        if (end) {
-          controller.close()
-          finished()
-        } else controller.enqueue(value)
-      } catch (err) {
-        // The worker went away mid-body (killed at its wall clock): the client's stream is cut.
-        finished()
-        controller.error(err)
-      }
-    },
-    cancel(reason) {
-      finished()
-      return reader.cancel(reason).catch(() => {})
-    },
-  })
-  return new Response(body, { status: res.status, statusText: res.statusText, headers: out })
+  info.completed.then(over, over)
+  return new Response(res.body, { status: res.status, statusText: res.statusText, headers: out })
 }
 
 function lifecycle(): Response {
@@ -579,7 +586,7 @@ const server = Deno.serve({
   if (!names.has(match[1])) {
     return errorResponse(404, `Function not found: ${match[1]}`, 'not_found')
   }
-  return dispatch(match[1], req, info)
+  return dispatch(match[1], match[2] ?? '', url, req, info)
 })
 
 async function shutdown() {

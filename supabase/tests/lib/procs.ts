@@ -299,6 +299,8 @@ export interface FunctionsOptions {
   captureLogs?: boolean
   /** Deno flags of the worker processes that run the function (a CPU profile, say). */
   denoArgs?: string[]
+  /** Deno flags of the supervisor itself (scripts/serve-functions.ts: a CPU profile, say). */
+  supervisorDenoArgs?: string[]
   /** More environment for the function (GATEWAY_* settings). */
   env?: Record<string, string>
 }
@@ -326,7 +328,13 @@ export async function startFunctions(opts: FunctionsOptions = {}): Promise<Funct
     name: 'functions',
     cmd: Deno.execPath(),
     // -A: the stand-in spawns worker processes and reads their memory from /proc.
-    args: ['run', '-A', '--unstable-no-legacy-abort', `${ROOT}${entry}`],
+    args: [
+      'run',
+      '-A',
+      '--unstable-no-legacy-abort',
+      ...(opts.supervisorDenoArgs ?? []),
+      `${ROOT}${entry}`,
+    ],
     env: {
       FUNCTIONS_PORT: String(port),
       FUNCTIONS_HOSTNAME: hostname,

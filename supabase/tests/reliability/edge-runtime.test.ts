@@ -3,7 +3,8 @@
 // new requests; dropped early once idle, where a plain timer keeps nothing alive and a waitUntil
 // promise does; beforeunload before the end, and nothing its listeners start runs after an early
 // drop; killed at the wall clock with its stream cut; killed over the memory limit; dropped when
-// idle with its isolate at half the limit; CPU time logged per request; a 504 with no response.
+// idle with its isolate at half the limit; CPU time logged per request; a 504 with no response; a
+// response's body passed through as the function made it (its length kept, not re-chunked).
 //
 // Each test runs the stand-in on a free port over a probe function (fixtures/functions/probe) that
 // logs what happened to the work it was given.
@@ -205,6 +206,35 @@ Deno.test({
       const res = await rt.get('hang')
       assert.equal(res.status, 504)
       assert.equal((await rt.events()).responses_504, 1)
+    } finally {
+      await rt.fn.stop()
+    }
+  },
+})
+
+Deno.test({
+  name: 'a response passes through as the function made it: a sized body keeps its length',
+  sanitizeOps: false,
+  sanitizeResources: false,
+  async fn() {
+    const rt = await runtime({ FUNCTIONS_WALL_CLOCK_MS: '0' })
+    try {
+      const res = await fetch(`${rt.base}/functions/v1/probe/timer?ms=0`)
+      const body = new Uint8Array(await res.arrayBuffer())
+      assert.equal(res.status, 200)
+      // Not re-wrapped into a chunked stream on its way (by the worker or the supervisor).
+      assert.equal(res.headers.get('content-length'), String(body.length))
+      assert.equal(res.headers.get('transfer-encoding'), null)
+      await sleep(200)
+      const line = rt.fn.logs().map((l) => JSON.parse(l)).find((l) => l.msg === 'worker request')
+      assert.equal(line?.outcome, 'complete', JSON.stringify(line))
+      // Short requests one after the other, each alone in its worker: each has its own CPU, however
+      // soon it ends after the reading at its start.
+      for (let i = 0; i < 5; i++) assert.equal((await rt.get('timer?ms=0')).status, 200)
+      await sleep(200)
+      const lines = rt.fn.logs().map((l) => JSON.parse(l)).filter((l) => l.msg === 'worker request')
+      assert.equal(lines.length, 6)
+      for (const l of lines) assert.ok(l.cpu_ms > 0, JSON.stringify(lines))
     } finally {
       await rt.fn.stop()
     }
