@@ -21,6 +21,7 @@ import {
   type Proc,
   start,
   startFunctions,
+  startPlainFunction,
   startSimulator,
   stopAll,
   stopOnSignals,
@@ -68,6 +69,8 @@ interface Options {
   only: string[] | null
   concurrency: number[] | null
   profile: boolean
+  /** The function in one plain Deno process instead of the local edge-runtime stand-in. */
+  plain: boolean
   retries: number
 }
 
@@ -78,6 +81,7 @@ function parseOptions(args: string[]): Options {
     only: null,
     concurrency: null,
     profile: false,
+    plain: false,
     retries: 2,
   }
   for (let i = 0; i < args.length; i++) {
@@ -88,6 +92,7 @@ function parseOptions(args: string[]): Options {
     else if (flag === '--only') opts.only = value().split(',')
     else if (flag === '--concurrency') opts.concurrency = value().split(',').map(Number)
     else if (flag === '--profile') opts.profile = true
+    else if (flag === '--plain') opts.plain = true
     else if (flag === '--retries') opts.retries = Number(value())
     else throw new Error(`unknown option ${args[i]} (see bench/README.md)`)
   }
@@ -145,11 +150,17 @@ try {
   }
   let keys: { many: string; hot: string } | undefined
   if (needs('gateway')) {
-    procs.functions = await startFunctions({
+    procs.functions = await (opts.plain ? startPlainFunction : startFunctions)({
       port: FUNCTIONS_PORT,
       upstream: `${SIM}/api/v1`,
       log: `${tmp}/functions.log`,
-      denoArgs: opts.profile ? ['--cpu-prof', `--cpu-prof-dir=${tmp}/profile`] : [],
+      denoArgs: opts.profile
+        ? [
+          '--cpu-prof',
+          `--cpu-prof-dir=${tmp}/profile`,
+          ...(opts.plain ? [`--preload=${ROOT}bench/plain-exit.ts`] : []),
+        ]
+        : [],
     })
     sql = postgres(DB_URL, {
       max: 2,
@@ -234,6 +245,7 @@ const result = {
     warmup_seconds: opts.warmupSeconds,
     wrk_threads: 1,
     retries: opts.retries,
+    functions: opts.plain ? 'plain' : 'stand-in',
     quiet_percent: QUIET_PERCENT,
   },
   request: JSON.parse(chatBody(false)),
@@ -272,7 +284,9 @@ function targetUrl(s: Scenario): { url: string; headers: Record<string, string> 
     }
   }
   return {
-    url: `http://127.0.0.1:${FUNCTIONS_PORT}/functions/v1/gateway/v1/chat/completions`,
+    url: opts.plain
+      ? `http://127.0.0.1:${FUNCTIONS_PORT}/gateway/v1/chat/completions`
+      : `http://127.0.0.1:${FUNCTIONS_PORT}/functions/v1/gateway/v1/chat/completions`,
     headers: {},
   }
 }
@@ -296,7 +310,7 @@ async function runCell(s: Scenario, c: number, base: Cell, keysFile?: string): P
 
   const measured = measuredProcesses()
   for (const m of measured) m.resetPeak()
-  const workers = measured.find((m) => m.name === 'functions') as
+  const workers = opts.plain ? undefined : measured.find((m) => m.name === 'functions') as
     | ReturnType<typeof workersOf>
     | undefined
   const sampler = workers ? setInterval(() => workers.sample(), 100) : undefined
@@ -360,12 +374,12 @@ async function runCell(s: Scenario, c: number, base: Cell, keysFile?: string): P
  * What a cell measures. The function runs in worker processes of the functions supervisor
  * (scripts/serve-functions.ts): `functions` is those workers (CPU summed, peak RSS of the largest:
  * the hosted limit is per worker), `supervisor` the stand-in's router (on hosted Supabase, its
- * edge proxy: not the function's). `pgbouncer` is the local pooler the workers connect through.
+ * edge proxy: not the function's). With `--plain`, `functions` is the one plain Deno process. `pgbouncer` is the local pooler the workers connect through.
  */
 function measuredProcesses(): Measured[] {
   const out: Measured[] = []
   for (const p of Object.values(procs)) {
-    if (p === procs.functions) {
+    if (p === procs.functions && !opts.plain) {
       out.push(workersOf('functions', p.pid), processOf('supervisor', p.pid))
     } else out.push(processOf(p.name, p.pid))
   }
