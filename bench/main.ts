@@ -46,6 +46,7 @@ import { chatBody, type Scenario, SCENARIOS } from './scenarios.ts'
 import { summarise } from './probes/cpuprofile.ts'
 import { formatSqlProfile, profileSql, type SqlProfile } from './probes/sql-profile.ts'
 import { wrk } from './wrk.ts'
+import { FUNCTION_DB_URL } from '../supabase/tests/lib/stack.ts'
 
 const ROOT = new URL('../', import.meta.url).pathname
 // The stack's database; BENCH_DB_URL points the run at another database of the same server.
@@ -54,6 +55,8 @@ const DB_URL = Deno.env.get('BENCH_DB_URL') ??
 const PG_PORT = Number(new URL(DB_URL).port)
 /** The transaction pooler the function reaches Postgres through (FUNCTION_DB_URL). */
 const POOLER_PORT = 54329
+/** FUNCTION_DB_URL (supabase/tests/lib/stack.ts) names Postgres itself, not the pooler. */
+const DIRECT = Number(new URL(FUNCTION_DB_URL).port) !== POOLER_PORT
 // Next to the stack's ports, unless taken (then any free one).
 const SIM_PORT = freePort(54350)
 const FUNCTIONS_PORT = freePort(54360)
@@ -246,6 +249,7 @@ const result = {
     wrk_threads: 1,
     retries: opts.retries,
     functions: opts.plain ? 'plain' : 'stand-in',
+    function_db: DIRECT ? 'direct' : 'pooler',
     quiet_percent: QUIET_PERCENT,
   },
   request: JSON.parse(chatBody(false)),
@@ -403,6 +407,13 @@ async function lifecycleEvents(): Promise<Record<string, number>> {
  * every few seconds).
  */
 async function poolerBackends(sql: postgres.Sql): Promise<number[]> {
+  if (DIRECT) {
+    // FUNCTION_DB_URL straight to Postgres (an experiment: what the pooler costs): the backends
+    // are the function's own connections (the stack's functions server goes through PgBouncer).
+    const rows = await sql<{ pid: number }[]>`
+      select pid from pg_stat_activity where application_name = 'gateway-function'`
+    return rows.map((r) => r.pid)
+  }
   const pooler = listenerPid(POOLER_PORT, 'pgbouncer')
   return pooler === null ? [] : await backendPids(sql, connectionPorts(pooler, PG_PORT))
 }
