@@ -2,8 +2,8 @@
 // jobs this machine's pg_cron cannot run (it is 1.4: no schedules in seconds, no pg_net). It runs
 // as long as the stack (scripts/stack.sh starts and stops it):
 //
-//   every SCHEDULER_RELEASE_SECONDS (2)     select gateway.expire_stale_holds(),
-//                                           gateway.release_reserved_admissions()
+//   every SCHEDULER_RELEASE_SECONDS (2)     select gateway.expire_stale_holds(); then
+//                                           select gateway.release_reserved_admissions()
 //                                           (the lapsed holds and the reserved admissions of a
 //                                           vanished worker, within seconds)
 //   every SCHEDULER_RECONCILE_SECONDS (5)   POST <gateway>/internal/reconcile with GATEWAY_CRON_SECRET
@@ -33,10 +33,12 @@ function log(msg: string, fields: Record<string, unknown> = {}, level = 'info') 
 
 async function release() {
   try {
-    const [r] = await sql`
-      select gateway.expire_stale_holds() as expired, gateway.release_reserved_admissions() as n`
-    if (r.expired > 0) log('scheduler: expired lapsed holds', { expired: r.expired })
-    if (r.n > 0) log('scheduler: released reserved admissions', { released: r.n })
+    // Two transactions, as pg_cron runs them (two jobs): in one, the second function's locks were
+    // taken while the first's were held, out of the account order every other caller keeps.
+    const [{ expired }] = await sql`select gateway.expire_stale_holds() as expired`
+    if (expired > 0) log('scheduler: expired lapsed holds', { expired })
+    const [{ n }] = await sql`select gateway.release_reserved_admissions() as n`
+    if (n > 0) log('scheduler: released reserved admissions', { released: n })
   } catch (err) {
     log('scheduler: release failed', { error: String((err as Error)?.message) }, 'warn')
   }

@@ -232,6 +232,9 @@ declare
   v_candidates jsonb;
   r1 bigint; r2 bigint; r3 bigint; t1 bigint; t2 bigint; t3 bigint;
   r4 bigint; r5 bigint; r6 bigint; t4 bigint; t5 bigint; t6 bigint;
+  v_reserved_a bigint;
+  v_reserved_k bigint;
+  v_soon boolean;
 begin
   -- 1. The key, its account, balance, limits and the settings: one statement of unique-index
   --    probes, no locks, by the hash of the key's current secret. If no key has this one, it may be
@@ -507,6 +510,29 @@ begin
         end if;
       end loop;
       if v_refused is not null then
+        -- Reserved admissions are counted from the moment they are reserved, and those a worker
+        -- does not use go back within a second or two (given back, or released by the server):
+        -- another worker's, for one (a retired worker keeps its reservations until it gives them
+        -- back). When they alone make the windows full, the refusal says to retry in a second,
+        -- not when the window resets — hours away for a day window.
+        select count(*), count(*) filter (where h.key_id = v.key_id and h.count_key_windows)
+          into v_reserved_a, v_reserved_k
+          from gateway.holds h
+         where h.account_id = v.account_id and h.reserved;
+        if v_reserved_a > 0 then
+          v_soon := true;
+          for i in 1 .. v_n loop
+            if (v_tok_limit[i] is not null and v_tok_used[i] >= v_tok_limit[i])
+               or (v_req_limit[i] is not null
+                   and v_req_used[i] - case when i <= 3 then v_reserved_a else v_reserved_k end
+                       >= v_req_limit[i]) then
+              v_soon := false;
+            end if;
+          end loop;
+          if v_soon then
+            v_retry := 1;
+          end if;
+        end if;
         v_answer := jsonb_build_object(
           'ok', false, 'reason', 'rate_limited', 'message', gateway.refusal_message('rate_limited'),
           'retry_after_seconds', v_retry,
@@ -1032,13 +1058,16 @@ begin
   select s.hold_lease_seconds, s.hold_timeout_seconds into v_lease, v_timeout
     from gateway.system_settings s where s.id;
   -- Rows locked in id order (two calls never wait on each other in a cycle); a hold closed
-  -- meanwhile is simply not found.
+  -- meanwhile is simply not found. A hold another transaction has locked (its settle, the sweeper,
+  -- an operator's session) is skipped, not waited for: one locked row must not hold up the
+  -- renewal of every other hold in the call (the worker sends it again at its next renewal).
   with n as (
     select distinct on (t.id) t.id, t.gen
       from unnest(p_hold_ids, p_generation_ids) t (id, gen)
      order by t.id, t.gen nulls last
   ), l as (
-    select h.id from gateway.holds h join n on n.id = h.id order by h.id for update of h
+    select h.id from gateway.holds h join n on n.id = h.id
+     order by h.id for update of h skip locked
   ), u as (
     update gateway.holds h
        set reserved = false, generation_id = coalesce(n.gen, h.generation_id),

@@ -538,14 +538,35 @@ set search_path = ''
 as $$
 declare
   v_timeout integer;
+  v_accounts bigint[];
   v_count integer;
 begin
   select s.hold_timeout_seconds into v_timeout from gateway.system_settings s where s.id;
-  with expired as (
-    delete from gateway.holds h
+  -- Lock order. A settle closes a hold and then takes its account's balance row; batches go account
+  -- by account in id order. The sweeper takes the balance rows first, in account order, and then
+  -- only the holds nobody else has locked (a hold being settled is that settle's): it never waits
+  -- for a hold while holding a balance, so it cannot close a cycle with a settle (it did, with
+  -- settle_requests batches: 40P01 under load).
+  v_accounts := array(
+    select distinct h.account_id from gateway.holds h
      where h.expires_at <= p_now
        and (h.generation_id is null
-            or gateway.hold_life_end(h.created_at, h.facts, v_timeout) <= p_now)
+            or gateway.hold_life_end(h.created_at, h.facts, v_timeout) <= p_now));
+  if cardinality(v_accounts) = 0 then
+    return 0;
+  end if;
+  perform from gateway.credit_balances b
+    where b.account_id = any(v_accounts)
+    order by b.account_id
+      for update;
+  with expired as (
+    delete from gateway.holds h
+     where h.id in (
+       select x.id from gateway.holds x
+        where x.account_id = any(v_accounts) and x.expires_at <= p_now
+          and (x.generation_id is null
+               or gateway.hold_life_end(x.created_at, x.facts, v_timeout) <= p_now)
+          for update skip locked)
     returning h.*
   ), released as (
     update gateway.credit_balances b

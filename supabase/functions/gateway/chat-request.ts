@@ -102,10 +102,23 @@ export function webResults(body: ChatCompletionRequest, models: string[]): numbe
 // beside the client's own stream_options (21), and their commas.
 const REWRITE_BYTES = 24 + 35 + 17 + 21 + 2 + 4
 
-/** Whether upstreamBody re-serialises the body (its text has members JSON.parse merged). */
+/**
+ * Whether upstreamBody re-serialises the body: its text names a member twice in some object, at any
+ * depth (JSON.parse kept the last), or (never seen) names another count of members than JSON.parse
+ * made. Such a text is never forwarded as written: a parser upstream that keeps the first of two
+ * names would see what the gateway did not count — image parts in the first `content` of a
+ * message whose last one is `"hi"`, each part an allowance the hold would lack.
+ */
 function reserialised(text: string, body: ChatCompletionRequest): boolean {
-  return new Set(topLevelMembers(text).map((m) => m.name)).size !== Object.keys(body).length
+  if (text !== lastText) {
+    lastNames = namesOf(text)
+    lastText = text
+  }
+  return lastNames.repeated || lastNames.topLevel !== Object.keys(body).length
 }
+// The last text asked about: requestFacts and upstreamBody ask about the same one.
+let lastText = ''
+let lastNames = { repeated: false, topLevel: 0 }
 
 /**
  * The request's facts. `text` is the JSON `body` was parsed from: the body upstream receives is its
@@ -208,12 +221,9 @@ const REWRITTEN = new Set(['max_tokens', 'max_completion_tokens', 'stream_option
  * µs, the copy ~100 µs). `text` must be the JSON `body` was parsed from.
  */
 export function upstreamBody(text: string, body: ChatCompletionRequest, maxTokens: number): string {
+  // (requestFacts bounded the bytes of either form.)
+  if (reserialised(text, body)) return serialisedUpstreamBody(body, maxTokens)
   const members = topLevelMembers(text)
-  // The scan must account for every member JSON.parse saw; if it ever did not, re-serialise
-  // (requestFacts bounds the bytes of either).
-  if (new Set(members.map((m) => m.name)).size !== Object.keys(body).length) {
-    return serialisedUpstreamBody(body, maxTokens)
-  }
   const parts: string[] = []
   for (const m of members) {
     if (!REWRITTEN.has(m.name)) parts.push(text.slice(m.start, m.end))
@@ -273,6 +283,41 @@ export function topLevelMembers(text: string): Member[] {
 const QUOTE = 0x22
 const BACKSLASH = 0x5c
 const COMMA = 0x2c
+const COLON = 0x3a
+
+/**
+ * Whether some object of a JSON text has a member name twice (compared as decoded), and how many
+ * members its outermost object has. One pass: strings are jumped over (most of a chat body's bytes),
+ * and a string directly followed by a colon is a name of the innermost open object. Only for text
+ * JSON.parse has accepted.
+ */
+export function namesOf(text: string): { repeated: boolean; topLevel: number } {
+  // The names seen in each open object; null for an open array.
+  const open: (Set<string> | null)[] = []
+  let topLevel = 0
+  for (let i = 0; i < text.length;) {
+    const c = text.charCodeAt(i)
+    if (c === QUOTE) {
+      const end = stringEnd(text, i)
+      const names = open[open.length - 1]
+      const after = names ? skipSpace(text, end) : end
+      if (names && text.charCodeAt(after) === COLON) {
+        const raw = text.slice(i + 1, end - 1)
+        const name = raw.includes('\\') ? JSON.parse(text.slice(i, end)) as string : raw
+        if (names.has(name)) return { repeated: true, topLevel }
+        names.add(name)
+        if (open.length === 1) topLevel++
+        i = after + 1
+      } else i = end
+      continue
+    }
+    if (c === 0x7b) open.push(new Set())
+    else if (c === 0x5b) open.push(null)
+    else if (c === 0x7d || c === 0x5d) open.pop()
+    i++
+  }
+  return { repeated: false, topLevel }
+}
 
 function skipSpace(text: string, i: number): number {
   for (let c = text.charCodeAt(i); c === 0x20 || c === 0x0a || c === 0x0d || c === 0x09;) {

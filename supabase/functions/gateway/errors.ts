@@ -105,8 +105,12 @@ const INVALID_VALUE: Record<string, string> = {
 
 // SQLSTATE classes and client-side codes that mean "the database is unreachable or overloaded" (a
 // deadlock or serialization failure that persisted through db.ts's retries counts as overloaded).
-const UNAVAILABLE =
-  /^(08|57P0[1-3]|53300|40001|40P01|CONNECT_TIMEOUT|CONNECTION_|ECONN|ENOTFOUND|EAI_AGAIN|ETIMEDOUT|EPIPE)/
+// Client side: postgres.js's own connection codes, and whatever the socket under it reports when
+// the server goes away (an errno name such as EPIPE or ECONNRESET, or Node's ERR_STREAM_DESTROYED
+// / ERR_SOCKET_CLOSED for a write to a socket already closed): a broken connection, never a bug.
+const UNAVAILABLE = /^(08|57P0[1-3]|53300|40001|40P01)/
+const UNREACHABLE =
+  /^(CONNECT_TIMEOUT$|CONNECTION_|E[A-Z0-9]+$|EAI_[A-Z]+$|ERR_STREAM_|ERR_SOCKET_)/
 
 interface PgErrorLike {
   name?: string
@@ -137,7 +141,7 @@ export function fromDbError(err: unknown): ApiError {
   const invalid = e.name === 'PostgresError' ? INVALID_VALUE[code] : undefined
   if (invalid) return new ApiError(400, invalid, { code: 'invalid_request' })
   // Only the SQLSTATE / client code is logged: messages may quote values, and values may be keys.
-  const unavailable = UNAVAILABLE.test(code)
+  const unavailable = e.name === 'PostgresError' ? UNAVAILABLE.test(code) : UNREACHABLE.test(code)
   log('error', unavailable ? 'database unavailable' : 'unexpected database error', {
     code: code || (e.name ?? 'unknown'),
   })

@@ -53,7 +53,8 @@ interface Open {
 
 const open = new Map<number, Open>()
 let ticker: ReturnType<typeof setInterval> | undefined
-let noting = false
+/** When the note_holds call in flight was sent (0: none). */
+let notingSince = 0
 
 /**
  * `hold` was admitted here (`since`: when its lease began, if earlier than now): the worker stays,
@@ -125,13 +126,17 @@ function due(now: number): [number, Open][] {
   return out
 }
 
-/** One note_holds call at a time: a tick while one is in flight waits for the next. */
+/**
+ * One note_holds call at a time: a tick while one is in flight waits for the next — unless that call
+ * has been out longer than RENEW_MS. A call stuck on a dead connection (postgres.js has no query
+ * timeout) must not stop the renewals: the next one goes out on another of the pool's connections.
+ */
 function tick(): void {
-  if (noting) return
   const now = Date.now()
+  if (notingSince !== 0 && now - notingSince < RENEW_MS) return
   const batch = due(now)
   if (batch.length === 0) return
-  noting = true
+  notingSince = now
   // Postgres array literals: a JS array would go as jsonb (db.ts). Generation ids are quoted.
   const sent = batch.map(([id, o]) => ({ o, id, generationId: o.generationId }))
   const ids = `{${sent.map((n) => n.id).join(',')}}`
@@ -149,7 +154,9 @@ function tick(): void {
       .catch((err) =>
         log('warn', 'note_holds failed', { holds: batch.length, error: describe(err) })
       )
-      .finally(() => (noting = false)),
+      .finally(() => {
+        if (notingSince === now) notingSince = 0
+      }),
     'note_holds',
   )
 }

@@ -5,7 +5,7 @@
 -- count, no use of the key, no usage record, no ledger row.
 begin;
 \ir _helpers.sql
-select plan(55);
+select plan(59);
 
 -- Every call of this file in one hour, the first calls in its 10th minute: t + 1 minute is the next
 -- minute of the same hour and day.
@@ -192,6 +192,29 @@ select is(tests.error_of(format('select gateway.reserve_admissions(%L, null, nul
           '22023:invalid_request', 'so does 65');
 select is(tests.error_of(format('select gateway.reserve_admissions(%L, null, null, %L, 2)', tests.h(:'ak'), '{"models":["m"],"prompt_bound":0,"max_tokens":0}')),
           '22023:invalid_request', 'max_tokens 0 raises as in begin_request');
+
+-- A window full only because of reserved admissions: retry in a second ---------------------------------
+-- Reserved admissions count from the moment they are reserved; unused, they go back within a second
+-- or two (a retired worker's included). A refusal they alone cause says so, not "tomorrow".
+select tests.new_account(100000) as d \gset
+select :'d'::jsonb ->> 'api_key' as dk \gset
+select from gateway.set_rate_limits((:'d'::jsonb ->> 'user_id')::bigint, '{"requests_per_day":6}');
+select tests.begin(:'dk', 10, 0, :'t') ->> 'hold_id' as d_plain \gset
+select tests.ids(tests.reserve(:'dk', 5, :'t')) as d_ids \gset
+select tests.begin(:'dk', 10, 0, :'t') as d_refused \gset
+select is((:'d_refused'::jsonb ->> 'reason', :'d_refused'::jsonb ->> 'window',
+           (:'d_refused'::jsonb ->> 'retry_after_seconds')::int),
+          ('rate_limited'::text, 'requests_per_day'::text, 1),
+          'a day window filled by 5 reserved admissions and 1 request: refused, retry in 1 s');
+select is(gateway.cancel_admissions(:'d_ids'::bigint[]), 5, 'the reservations given back');
+select is(tests.begin(:'dk', 10, 0, :'t') ->> 'ok', 'true', 'then the retry is admitted');
+select tests.begin(:'dk', 10, 0, :'t') as d_plain2 \gset
+select tests.begin(:'dk', 10, 0, :'t') as d_plain3 \gset
+select tests.begin(:'dk', 10, 0, :'t') as d_plain4 \gset
+select tests.begin(:'dk', 10, 0, :'t') as d_plain5 \gset
+select tests.begin(:'dk', 10, 0, :'t') as d_full \gset
+select ok((:'d_full'::jsonb ->> 'retry_after_seconds')::int > 1,
+          'a day window filled by requests: retry when it resets, as before');
 
 -- Who may call --------------------------------------------------------------------------------------------
 select ok(has_function_privilege('gateway_api',

@@ -411,3 +411,98 @@ test('100 concurrent begin_requests batches across 12 accounts, settled by concu
     await op.end()
   }
 })
+
+test('the sweeper racing settle_requests batches over the same lapsed holds: no deadlock, each hold charged once', async () => {
+  const op = operator()
+  const sweepers = postgres(DB_URL, { max: 4, onnotice: () => {} })
+  const api = gatewayPool(12)
+  try {
+    const ACCOUNTS = 12
+    const BATCHES = 60
+    const COST = 10
+    const START = 1_000_000
+    const accounts = await Promise.all(
+      Array.from({ length: ACCOUNTS }, () => newAccount(op, START)),
+    )
+    // Admitted as of an hour ago: each hold's lease has lapsed when it is born, and none has a
+    // generation id, so the sweeper voids each hold it gets to first; the settle that comes for it
+    // then charges it late. Admissions, settles and sweeps all run at once.
+    const made = accounts.map(() => 0)
+    const pending: number[] = []
+    let admitting = true
+    let settling = true
+    const errors: string[] = []
+    const catching = (p: Promise<unknown>) => p.catch((err) => void errors.push(sqlState(err)))
+    const admitter = async (n: number) => {
+      for (let b = 0; b < n; b++) {
+        const picked = shuffle(Array.from({ length: ACCOUNTS }, (_, i) => i)).slice(0, 8)
+        const [{ r }] = await api`
+          select gateway.begin_requests(${
+          api.json(picked.map((i) => ({
+            key_hash: accounts[i].keyHashHex,
+            client_ip: null,
+            referrer: null,
+            models: [MODEL],
+            max_tokens: COST,
+            prompt_bound: 0,
+          })))
+        }, now() - interval '1 hour') as r`
+        ;(r as Json[]).forEach((h, k) => {
+          assert.equal(h.ok, true, JSON.stringify(h))
+          made[picked[k]]++
+          pending.push(h.hold_id as number)
+        })
+      }
+    }
+    const settler = async () => {
+      while (admitting || pending.length > 0) {
+        if (pending.length === 0) {
+          await pause(1)
+          continue
+        }
+        const batch = shuffle(pending).splice(0, 6)
+        const [{ r }] = await api`
+          select gateway.settle_requests(${
+          api.json(batch.map((id) => ({
+            hold_id: id,
+            model: MODEL,
+            prompt_tokens: 0,
+            completion_tokens: COST,
+            status: 'success',
+            settled_by: 'usage',
+          })))
+        }) as r`
+        for (const s of r as Json[]) assert.equal(s.settled, true, JSON.stringify(s))
+      }
+    }
+    const sweeper = async () => {
+      while (settling) {
+        await sweepers`select gateway.expire_stale_holds()`
+        await pause(Math.random() * 2)
+      }
+    }
+    const sweeping = Array.from({ length: 4 }, () => catching(sweeper()))
+    const settlers = Array.from({ length: 8 }, () => catching(settler()))
+    await Promise.all(Array.from({ length: 4 }, () => catching(admitter(BATCHES / 4))))
+    admitting = false
+    await Promise.all(settlers)
+    settling = false
+    await Promise.all(sweeping)
+
+    assert.deepEqual(errors, [], 'no call failed (in particular no deadlock, 40P01)')
+    for (const [i, a] of accounts.entries()) {
+      assert.deepEqual(await finalState(op, a.userId), {
+        balance: START - made[i] * COST,
+        held: 0,
+        ledgerSum: START - made[i] * COST,
+        openHolds: 0,
+        usageRecords: made[i],
+      })
+    }
+    await Promise.all(accounts.map((a) => op`select gateway.erase_account(${a.userId})`))
+  } finally {
+    await api.end()
+    await sweepers.end()
+    await op.end()
+  }
+})

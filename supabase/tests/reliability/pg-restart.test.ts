@@ -98,13 +98,15 @@ test('Postgres restarted under load: 503 while down, recovers by itself, no admi
     const restart = await postgresOutage(() =>
       probes.some((p) => p.status === 503) || samples.some((s) => s.status === 503)
     )
-    await sleep(3_000)
+    await sleep(4_000)
     stop.abort()
     await load
     await prober
 
     const during = samples.filter((s) => s.at >= restart.startedAt && s.at <= restart.endedAt)
-    const after = samples.filter((s) => s.at > restart.endedAt + 1_500)
+    // Recovered within 2.5 s: PgBouncer retries a failed server login after server_login_retry (1
+    // s, scripts/stack.sh) and the function's pool reconnects within 1 s (db.ts's backoff).
+    const after = samples.filter((s) => s.at > restart.endedAt + 2_500)
     const byStatus: Record<string, number> = {}
     for (const s of samples) {
       const k = `${s.status}${s.code ? ` ${s.code}` : ''}`
@@ -132,7 +134,7 @@ test('Postgres restarted under load: 503 while down, recovers by itself, no admi
       samples.some((s) => s.status === 503) || unhealthy > 0,
       'nothing saw the database down',
     )
-    // Recovered by itself: everything after the restart (plus a moment) succeeds.
+    // Recovered by itself: everything started 2.5 s after Postgres is back succeeds.
     assert.ok(after.length > 0)
     assert.deepEqual(after.filter((s) => s.status !== 200), [])
     assert.equal(await health(fn.url), 200)

@@ -1,6 +1,7 @@
 // The upstream body is built from the client's own JSON text (members copied, not re-serialised):
-// whatever the client wrote — any values, escapes, unicode, whitespace, duplicate names — what goes
-// upstream must parse to the client's body with only the token cap and stream options replaced.
+// whatever the client wrote — any values, escapes, unicode, whitespace — what goes upstream must
+// parse to the client's body with only the token cap and stream options replaced. A text that names
+// a member twice, at any depth, is re-serialised: upstream gets exactly what the gateway counted.
 // Property-based (fast-check): pure functions, no stack needed.
 
 import assert from 'node:assert/strict'
@@ -8,6 +9,7 @@ import fc from 'fast-check'
 import {
   type ChatCompletionRequest,
   estimatePromptTokens,
+  namesOf,
   requestFacts,
   topLevelMembers,
   upstreamBody,
@@ -87,14 +89,65 @@ Deno.test('upstreamBody: the client body, with only the cap and stream options r
   )
 })
 
-Deno.test('upstreamBody: a name the client repeats is forwarded as written, the cap once', () => {
-  const text = '{"model":"a","messages":[{"role":"user","content":"x"}],"max_tokens":9,' +
+Deno.test('upstreamBody: a name the client repeats, at any depth, goes upstream once, as parsed', () => {
+  const top = '{"model":"a","messages":[{"role":"user","content":"x"}],"max_tokens":9,' +
     '"temperature":0.1,"max_tokens":7,"temperature":0.2}'
-  const out = upstreamBody(text, JSON.parse(text), 5)
   assert.equal(
-    out,
-    '{"model":"a","messages":[{"role":"user","content":"x"}],"temperature":0.1,' +
-      '"temperature":0.2,"max_tokens":5}',
+    upstreamBody(top, JSON.parse(top), 5),
+    '{"model":"a","messages":[{"role":"user","content":"x"}],"max_tokens":5,"temperature":0.2}',
+  )
+  // Image parts in a message's first `content`, "hi" in its last: a parser upstream that kept the
+  // first would see three images the hold did not count. What goes is what was counted.
+  const parts = Array.from({ length: 3 }, () => ({
+    type: 'image_url',
+    image_url: { url: 'https://example.com/cat.png' },
+  }))
+  for (
+    const name of ['"content"', '"\u0063ontent"']
+  ) {
+    const text = `{"model":"a","messages":[{"role":"user",${name}:${
+      JSON.stringify(parts)
+    },"content":"hi"}]}`
+    const body = JSON.parse(text) as ChatCompletionRequest
+    const sent = upstreamBody(text, body, 5)
+    assert.doesNotMatch(sent, /image_url/, name)
+    assert.deepEqual(JSON.parse(sent), { ...body, max_tokens: 5 })
+    assert.equal(requestFacts(body, text, 0).parts.images, 0)
+  }
+})
+
+Deno.test('namesOf: a repeated name in any object at any depth, and the outermost count', () => {
+  // Objects whose names are unique (a dictionary's keys), nested in objects and arrays.
+  const value = fc.letrec((tie) => ({
+    node: fc.oneof(
+      { depthSize: 'small' },
+      fc.jsonValue({ maxDepth: 0 }),
+      fc.array(tie('node'), { maxLength: 4 }),
+      fc.dictionary(name, tie('node'), { maxKeys: 4 }),
+    ),
+  })).node
+  fc.assert(
+    fc.property(
+      fc.dictionary(name, value, { maxKeys: 6 }),
+      fc.integer({ min: 0, max: 2 }),
+      fc.nat(),
+      (obj, indent, pick) => {
+        const text = JSON.stringify(obj, null, indent)
+        assert.deepEqual(namesOf(text), { repeated: false, topLevel: Object.keys(obj).length })
+        // Repeat one name of one object (found by its text): then it is seen, at whatever depth.
+        const names = [...text.matchAll(/("(?:[^"\\]|\\.)*")\s*:/g)]
+        if (names.length === 0) return
+        const m = names[pick % names.length]
+        const at = m.index! + m[0].length
+        const value = text.slice(at)
+        const repeated = `${text.slice(0, at)}${value.match(/^\s*/)![0]}0,${
+          m[1]
+        }:${value.trimStart()}`
+        JSON.parse(repeated) // still JSON
+        assert.equal(namesOf(repeated).repeated, true, repeated)
+      },
+    ),
+    { numRuns: 500 },
   )
 })
 

@@ -53,15 +53,38 @@ Deno.test('a value Postgres cannot take is a 400 that never quotes it', () => {
 })
 
 Deno.test('an unreachable database is a 503 to retry; anything else a bare 500', () => {
-  for (const code of ['08006', '57P01', '53300', '40P01', 'ECONNREFUSED', 'CONNECT_TIMEOUT']) {
-    const err = Object.assign(new Error('connect ECONNREFUSED 127.0.0.1:54322'), { code })
+  const broken = [
+    ...['08006', '08P01', '57P01', '57P03', '53300', '40P01'].map((c) => new PostgresError(c, 'x')),
+    ...[
+      'ECONNREFUSED',
+      'ECONNRESET',
+      'EPIPE',
+      'ENOTCONN',
+      'CONNECT_TIMEOUT',
+      'CONNECTION_CLOSED',
+      'ERR_STREAM_DESTROYED',
+      'ERR_STREAM_WRITE_AFTER_END',
+      'ERR_SOCKET_CLOSED',
+      'EAI_AGAIN',
+    ].map((code) => Object.assign(new Error('connect ECONNREFUSED 127.0.0.1:54322'), { code })),
+  ]
+  for (const err of broken) {
+    const code = (err as { code: string }).code
     const mapped = fromDbError(err)
     assert.equal(mapped.status, 503, code)
     assert.equal(mapped.code, 'database_unavailable')
     assert.equal(mapped.getResponse().headers.get('retry-after'), '1', code)
   }
   for (
-    const err of [new PostgresError('42883', 'function gateway.x() does not exist'), 'boom', null]
+    const err of [
+      new PostgresError('42883', 'function gateway.x() does not exist'),
+      // postgres.js's codes for a mistake of ours, not an outage.
+      Object.assign(new Error('undefined'), { code: 'UNDEFINED_VALUE' }),
+      Object.assign(new Error('too many'), { code: 'MAX_PARAMETERS_EXCEEDED' }),
+      Object.assign(new TypeError('bad'), { code: 'ERR_INVALID_ARG_TYPE' }),
+      'boom',
+      null,
+    ]
   ) {
     const mapped = fromDbError(err)
     assert.equal(mapped.status, 500)
