@@ -57,6 +57,66 @@ const busy = (yours: boolean) =>
     { code: 'server_busy', headers: { 'retry-after': '1' } },
   )
 
+// Parsed bodies. A body's bytes are bounded, not what JSON.parse makes of them: `{}` is 2 bytes and
+// a V8 object of some 140. One chat body may hold MAX_CONTAINERS objects and arrays (~30 MB parsed);
+// the ones beyond FREE_CONTAINERS each (real prompts hold a few per message) share one budget per
+// isolate while their request runs, so that concurrent heavy bodies cannot take a worker past its
+// memory limit — the runtime would kill it, and every request in flight in it (16 concurrent bodies
+// of 199,000 `{}` did, attack of 2026-12-03). Beyond the budget: 503 server_busy, retry in 1 s.
+const FREE_CONTAINERS = 1_000
+const MAX_CONTAINERS_IN_FLIGHT = 300_000
+let containersInFlight = 0
+
+/**
+ * Reserves a parsed body's `containers` (beyond the free allowance) from the isolate's budget, or
+ * refuses with 503. Returns the release, idempotent; a no-op for an ordinary body.
+ */
+export function reserveParsed(containers: number): () => void {
+  const heavy = containers - FREE_CONTAINERS
+  if (heavy <= 0) return () => {}
+  if (containersInFlight > 0 && containersInFlight + heavy > MAX_CONTAINERS_IN_FLIGHT) {
+    throw busy(false)
+  }
+  containersInFlight += heavy
+  let held = true
+  return () => {
+    if (held) containersInFlight -= heavy
+    held = false
+  }
+}
+
+/** `res`, with `release` called once its body has been sent or abandoned (at once if it has none). */
+export function releasedAtEnd(res: Response, release: () => void): Response {
+  if (!res.body) {
+    release()
+    return res
+  }
+  const reader = res.body.getReader()
+  const body = new ReadableStream<Uint8Array>({
+    async pull(controller) {
+      try {
+        const { done, value } = await reader.read()
+        if (done) {
+          release()
+          controller.close()
+        } else controller.enqueue(value)
+      } catch (err) {
+        release()
+        controller.error(err)
+      }
+    },
+    cancel(reason) {
+      release()
+      return reader.cancel(reason)
+    },
+  })
+  return new Response(body, {
+    status: res.status,
+    statusText: res.statusText,
+    headers: res.headers,
+  })
+}
+
 const tooLarge = (max: number) =>
   new ApiError(413, `The request body exceeds ${max} bytes`, { code: 'request_too_large' })
 

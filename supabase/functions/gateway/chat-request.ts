@@ -110,22 +110,28 @@ const REWRITE_BYTES = 24 + 35 + 17 + 21 + 2 + 4
  * message whose last one is `"hi"`, each part an allowance the hold would lack.
  */
 function reserialised(text: string, body: ChatCompletionRequest): boolean {
+  return namesOfCached(text).repeated || lastNames.topLevel !== Object.keys(body).length
+}
+function namesOfCached(text: string): Names {
   if (text !== lastText) {
     lastNames = namesOf(text)
     lastText = text
   }
-  return lastNames.repeated || lastNames.topLevel !== Object.keys(body).length
+  return lastNames
 }
 // The last text asked about: requestFacts and upstreamBody ask about the same one.
 let lastText = ''
-let lastNames = { repeated: false, topLevel: 0 }
+let lastNames: Names = { repeated: false, topLevel: 0, longer: 0 }
 
 /**
  * The request's facts. `text` is the JSON `body` was parsed from: the body upstream receives is its
  * members, verbatim, with max_tokens/stream_options rewritten (upstreamBody), so its bytes are at
  * most the text's plus the rewritten members'; or, when the text has duplicate members, the body
  * re-serialised, whose bytes can exceed the text's (`1e20` is 21 digits to JSON.stringify): then
- * the greater of the two counts. Tokenizers never make fewer than one byte a token, so
+ * the greater of the two counts. Verbatim, the same holds upstream: what it renders into the prompt
+ * as JSON (tool schemas, response formats, parts it does not know) it renders from the parsed
+ * value, so each number written with an exponent counts as printed again (namesOf's `longer`: 4
+ * bytes of `1e20` bill 21 tokens). Tokenizers never make fewer than one byte a token, so
  * the bytes bound every text token upstream bills (messages, names, tools, tool calls, schemas,
  * `prediction`, …). Inline image and audio data are taken out of the bound: they count as parts,
  * each with its allowance. Inline file data stays in it (text-like) and counts as a file as well.
@@ -138,6 +144,10 @@ export function requestFacts(
   let bytes = Buffer.byteLength(text, 'utf8')
   if (reserialised(text, body)) {
     bytes = Math.max(bytes, Buffer.byteLength(JSON.stringify(body), 'utf8'))
+  } else {
+    // Forwarded as written, but upstream bills a tool's schema (and a part it does not know) as the
+    // compact JSON of its parsed value: a number written with an exponent prints longer there.
+    bytes += namesOfCached(text).longer
   }
   const parts = { images: 0, audio: 0, files: 0 }
   let inline = 0
@@ -284,19 +294,50 @@ const QUOTE = 0x22
 const BACKSLASH = 0x5c
 const COMMA = 0x2c
 const COLON = 0x3a
+const MINUS = 0x2d
+const DIGIT_0 = 0x30
+const DIGIT_9 = 0x39
+
+interface Names {
+  /** Some object names a member twice. */
+  repeated: boolean
+  /** Members of the outermost object. */
+  topLevel: number
+  /**
+   * Bytes the numbers written with an exponent gain when printed again from their values (as
+   * JSON.stringify prints them: `1e20` is 100000000000000000000); 0 once `repeated` is known.
+   */
+  longer: number
+}
 
 /**
- * Whether some object of a JSON text has a member name twice (compared as decoded), and how many
- * members its outermost object has. One pass: strings are jumped over (most of a chat body's bytes),
- * and a string directly followed by a colon is a name of the innermost open object. Only for text
- * JSON.parse has accepted.
+ * Whether some object of a JSON text has a member name twice (compared as decoded), how many
+ * members its outermost object has, and how much longer its numbers print again. One pass: strings
+ * are jumped over (most of a chat body's bytes), and a string directly followed by a colon is a name
+ * of the innermost open object. Only for text JSON.parse has accepted.
  */
-export function namesOf(text: string): { repeated: boolean; topLevel: number } {
+export function namesOf(text: string): Names {
   // The names seen in each open object; null for an open array.
   const open: (Set<string> | null)[] = []
   let topLevel = 0
+  let longer = 0
   for (let i = 0; i < text.length;) {
     const c = text.charCodeAt(i)
+    if (c === MINUS || (c >= DIGIT_0 && c <= DIGIT_9)) {
+      // A number (outside strings, only numbers have digits or a minus). Only an exponent makes
+      // one print longer: without one, the shortest digits that read back alike are never more.
+      let j = i + 1
+      let exponent = false
+      for (let d = text.charCodeAt(j); isNumberChar(d); d = text.charCodeAt(++j)) {
+        if (d === 0x65 || d === 0x45) exponent = true
+      }
+      if (exponent) {
+        const written = text.slice(i, j)
+        longer += Math.max(0, (JSON.stringify(Number(written)) ?? '').length - written.length)
+      }
+      i = j
+      continue
+    }
     if (c === QUOTE) {
       const end = stringEnd(text, i)
       const names = open[open.length - 1]
@@ -304,7 +345,7 @@ export function namesOf(text: string): { repeated: boolean; topLevel: number } {
       if (names && text.charCodeAt(after) === COLON) {
         const raw = text.slice(i + 1, end - 1)
         const name = raw.includes('\\') ? JSON.parse(text.slice(i, end)) as string : raw
-        if (names.has(name)) return { repeated: true, topLevel }
+        if (names.has(name)) return { repeated: true, topLevel, longer: 0 }
         names.add(name)
         if (open.length === 1) topLevel++
         i = after + 1
@@ -316,7 +357,39 @@ export function namesOf(text: string): { repeated: boolean; topLevel: number } {
     else if (c === 0x7d || c === 0x5d) open.pop()
     i++
   }
-  return { repeated: false, topLevel }
+  return { repeated: false, topLevel, longer }
+}
+
+/** Digits, sign, point and exponent: the characters of a JSON number. */
+function isNumberChar(c: number): boolean {
+  return (c >= DIGIT_0 && c <= DIGIT_9) || c === MINUS || c === 0x2b || c === 0x2e || c === 0x65 ||
+    c === 0x45
+}
+
+/**
+ * The most objects and arrays a chat body may hold. Parsed, `{}` (2 bytes) is a V8 object of some
+ * 140: 1.3 million of them in a 3.9 MB body grew a worker by ~180 MiB, past its 256, and the
+ * runtime killed it with every request in flight there. This many cost at most ~30 MB; a real body
+ * holds a few per message (a 100,000-deep schema is accepted).
+ */
+export const MAX_CONTAINERS = 200_000
+
+/**
+ * How many objects and arrays a text holds (outside strings), counted up to MAX_CONTAINERS + 1:
+ * before JSON.parse, which is what costs the memory. Any text; strings are jumped over.
+ */
+export function containersIn(text: string): number {
+  let n = 0
+  for (let i = 0; i < text.length;) {
+    const c = text.charCodeAt(i)
+    if (c === QUOTE) {
+      i = stringEnd(text, i)
+      continue
+    }
+    if ((c === 0x7b || c === 0x5b) && ++n > MAX_CONTAINERS) return n
+    i++
+  }
+  return n
 }
 
 function skipSpace(text: string, i: number): number {

@@ -296,8 +296,12 @@ test('100 concurrent begin_requests batches across 12 accounts, settled by concu
     }))
     const unknownHash = await sha256Hex(`gw_test_unknown_${crypto.randomUUID()}`)
     // One fixed instant for every call, begins and settles: the run may cross a real minute boundary.
+    // In the next minute, so that the holds' leases (6 s from it) outlive the run: no renewals here,
+    // and the stack's sweeper (real time) must not void a hold whose settle is on its way (it did,
+    // when the instant was this minute's second 30 and the run passed second 36: more admitted than
+    // the credits allow, the late settles charged them).
     const [{ now }] = await op`
-      select (date_trunc('minute', now()) + interval '30 seconds')::text as now`
+      select (date_trunc('minute', now()) + interval '90 seconds')::text as now`
     await Promise.all(Array.from({ length: 20 }, () => api`select 1`))
 
     const errors: string[] = []

@@ -133,7 +133,11 @@ Deno.test('namesOf: a repeated name in any object at any depth, and the outermos
       fc.nat(),
       (obj, indent, pick) => {
         const text = JSON.stringify(obj, null, indent)
-        assert.deepEqual(namesOf(text), { repeated: false, topLevel: Object.keys(obj).length })
+        assert.deepEqual(namesOf(text), {
+          repeated: false,
+          topLevel: Object.keys(obj).length,
+          longer: 0,
+        })
         // Repeat one name of one object (found by its text): then it is seen, at whatever depth.
         const names = [...text.matchAll(/("(?:[^"\\]|\\.)*")\s*:/g)]
         if (names.length === 0) return
@@ -206,6 +210,24 @@ Deno.test('requestFacts: the byte bound of the body as it goes upstream, parts, 
     requestFacts(wide, t2, 1).prompt_bound >=
       new TextEncoder().encode(upstreamBody(t2, wide, 2 ** 31 - 1)).length,
   )
+})
+
+Deno.test('requestFacts: numbers written with an exponent count as upstream prints them again', () => {
+  // Forwarded as written (no duplicate), re-rendered upstream from the parsed value (a tool's
+  // schema, a part it does not know): the bound covers the compact JSON of the parsed body.
+  for (const n of ['1e20', '-1E20', '1.5e+20', '9e-7', '1e400', '0.1e21', '12e1']) {
+    const list = `[${Array(50).fill(n).join(' , ')}]`
+    const text =
+      `{"model":"x/y","messages":[{"role":"user","content":[{"type":"x","v":${list}}]}],` +
+      `"tools":[{"type":"function","function":{"name":"f","parameters":{"enum":${list}}}}]}`
+    const body = JSON.parse(text) as ChatCompletionRequest
+    assert.equal(namesOf(text).repeated, false)
+    const printed = new TextEncoder().encode(JSON.stringify(body)).length
+    assert.ok(requestFacts(body, text, 1).prompt_bound >= printed, n)
+  }
+  // Digits inside strings are text, not numbers: nothing added.
+  const quoted = `{"model":"x/y","messages":[{"role":"user","content":"1e20 1e20"}],"a":"9e20"}`
+  assert.equal(namesOf(quoted).longer, 0)
 })
 
 Deno.test('estimatePromptTokens (the last-resort count) counts UTF-8 bytes: 3 + Σ(4 + ⌈bytes / 4⌉)', () => {

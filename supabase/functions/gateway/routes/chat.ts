@@ -4,7 +4,9 @@
 
 import { createRoute } from '@hono/zod-openapi'
 import { caller } from '../identity.ts'
-import { ChatCompletionRequest } from '../chat-request.ts'
+import type { Context } from 'hono'
+import { releasedAtEnd, reserveParsed } from '../body-guard.ts'
+import { ChatCompletionRequest, containersIn, MAX_CONTAINERS } from '../chat-request.ts'
 import { chatCompletion } from '../completions.ts'
 import { config } from '../config.ts'
 import { ApiError } from '../errors.ts'
@@ -48,6 +50,29 @@ const TIMEOUT_HEADER = 'x-gateway-upstream-timeout-ms'
 chatRoutes.post('/v1/chat/completions', async (c) => {
   const who = await caller(c)
   const text = await c.req.text()
+  const containers = containersIn(text)
+  if (containers > MAX_CONTAINERS) {
+    throw new ApiError(
+      413,
+      `The request body holds more than ${MAX_CONTAINERS} JSON objects and arrays`,
+      { code: 'request_too_large' },
+    )
+  }
+  // The parsed body lives as long as its request: its memory is reserved until the response ends.
+  const release = reserveParsed(containers)
+  try {
+    return releasedAtEnd(await completion(c, who, text), release)
+  } catch (err) {
+    release()
+    throw err
+  }
+})
+
+async function completion(
+  c: Context,
+  who: Awaited<ReturnType<typeof caller>>,
+  text: string,
+): Promise<Response> {
   let raw: unknown
   try {
     raw = JSON.parse(text)
@@ -85,4 +110,4 @@ chatRoutes.post('/v1/chat/completions', async (c) => {
     await idempotency.complete(who, idempotencyKey, 0, null)
     throw err
   }
-})
+}
