@@ -21,6 +21,7 @@ import {
   type Proc,
   start,
   startFunctions,
+  startPlainFunction,
   startSimulator,
   stopAll,
   stopOnSignals,
@@ -45,6 +46,7 @@ import { chatBody, type Scenario, SCENARIOS } from './scenarios.ts'
 import { summarise } from './probes/cpuprofile.ts'
 import { formatSqlProfile, profileSql, type SqlProfile } from './probes/sql-profile.ts'
 import { wrk } from './wrk.ts'
+import { FUNCTION_DB_URL } from '../supabase/tests/lib/stack.ts'
 
 const ROOT = new URL('../', import.meta.url).pathname
 // The stack's database; BENCH_DB_URL points the run at another database of the same server.
@@ -53,6 +55,8 @@ const DB_URL = Deno.env.get('BENCH_DB_URL') ??
 const PG_PORT = Number(new URL(DB_URL).port)
 /** The transaction pooler the function reaches Postgres through (FUNCTION_DB_URL). */
 const POOLER_PORT = 54329
+/** FUNCTION_DB_URL (supabase/tests/lib/stack.ts) names Postgres itself, not the pooler. */
+const DIRECT = Number(new URL(FUNCTION_DB_URL).port) !== POOLER_PORT
 // Next to the stack's ports, unless taken (then any free one).
 const SIM_PORT = freePort(54350)
 const FUNCTIONS_PORT = freePort(54360)
@@ -68,6 +72,8 @@ interface Options {
   only: string[] | null
   concurrency: number[] | null
   profile: boolean
+  /** The function in one plain Deno process instead of the local edge-runtime stand-in. */
+  plain: boolean
   retries: number
 }
 
@@ -78,6 +84,7 @@ function parseOptions(args: string[]): Options {
     only: null,
     concurrency: null,
     profile: false,
+    plain: false,
     retries: 2,
   }
   for (let i = 0; i < args.length; i++) {
@@ -88,6 +95,7 @@ function parseOptions(args: string[]): Options {
     else if (flag === '--only') opts.only = value().split(',')
     else if (flag === '--concurrency') opts.concurrency = value().split(',').map(Number)
     else if (flag === '--profile') opts.profile = true
+    else if (flag === '--plain') opts.plain = true
     else if (flag === '--retries') opts.retries = Number(value())
     else throw new Error(`unknown option ${args[i]} (see bench/README.md)`)
   }
@@ -145,12 +153,18 @@ try {
   }
   let keys: { many: string; hot: string } | undefined
   if (needs('gateway')) {
-    procs.functions = await startFunctions({
+    procs.functions = await (opts.plain ? startPlainFunction : startFunctions)({
       port: FUNCTIONS_PORT,
       upstream: `${SIM}/api/v1`,
       log: `${tmp}/functions.log`,
-      denoArgs: opts.profile ? ['--cpu-prof', `--cpu-prof-dir=${tmp}/profile`] : [],
-      supervisorDenoArgs: opts.profile
+      denoArgs: opts.profile
+        ? [
+          '--cpu-prof',
+          `--cpu-prof-dir=${tmp}/profile`,
+          ...(opts.plain ? [`--preload=${ROOT}bench/plain-exit.ts`] : []),
+        ]
+        : [],
+      supervisorDenoArgs: opts.profile && !opts.plain
         ? ['--cpu-prof', `--cpu-prof-dir=${tmp}/profile-supervisor`]
         : [],
     })
@@ -241,6 +255,8 @@ const result = {
     warmup_seconds: opts.warmupSeconds,
     wrk_threads: 1,
     retries: opts.retries,
+    functions: opts.plain ? 'plain' : 'stand-in',
+    function_db: DIRECT ? 'direct' : 'pooler',
     quiet_percent: QUIET_PERCENT,
   },
   request: JSON.parse(chatBody(false)),
@@ -279,7 +295,9 @@ function targetUrl(s: Scenario): { url: string; headers: Record<string, string> 
     }
   }
   return {
-    url: `http://127.0.0.1:${FUNCTIONS_PORT}/functions/v1/gateway/v1/chat/completions`,
+    url: opts.plain
+      ? `http://127.0.0.1:${FUNCTIONS_PORT}/gateway/v1/chat/completions`
+      : `http://127.0.0.1:${FUNCTIONS_PORT}/functions/v1/gateway/v1/chat/completions`,
     headers: {},
   }
 }
@@ -303,7 +321,7 @@ async function runCell(s: Scenario, c: number, base: Cell, keysFile?: string): P
 
   const measured = measuredProcesses()
   for (const m of measured) m.resetPeak()
-  const workers = measured.find((m) => m.name === 'functions') as
+  const workers = opts.plain ? undefined : measured.find((m) => m.name === 'functions') as
     | ReturnType<typeof workersOf>
     | undefined
   const sampler = workers ? setInterval(() => workers.sample(), 100) : undefined
@@ -367,12 +385,12 @@ async function runCell(s: Scenario, c: number, base: Cell, keysFile?: string): P
  * What a cell measures. The function runs in worker processes of the functions supervisor
  * (scripts/serve-functions.ts): `functions` is those workers (CPU summed, peak RSS of the largest:
  * the hosted limit is per worker), `supervisor` the stand-in's router (on hosted Supabase, its
- * edge proxy: not the function's). `pgbouncer` is the local pooler the workers connect through.
+ * edge proxy: not the function's). With `--plain`, `functions` is the one plain Deno process. `pgbouncer` is the local pooler the workers connect through.
  */
 function measuredProcesses(): Measured[] {
   const out: Measured[] = []
   for (const p of Object.values(procs)) {
-    if (p === procs.functions) {
+    if (p === procs.functions && !opts.plain) {
       out.push(workersOf('functions', p.pid), processOf('supervisor', p.pid))
     } else out.push(processOf(p.name, p.pid))
   }
@@ -396,6 +414,13 @@ async function lifecycleEvents(): Promise<Record<string, number>> {
  * every few seconds).
  */
 async function poolerBackends(sql: postgres.Sql): Promise<number[]> {
+  if (DIRECT) {
+    // FUNCTION_DB_URL straight to Postgres (an experiment: what the pooler costs): the backends
+    // are the function's own connections (the stack's functions server goes through PgBouncer).
+    const rows = await sql<{ pid: number }[]>`
+      select pid from pg_stat_activity where application_name = 'gateway-function'`
+    return rows.map((r) => r.pid)
+  }
   const pooler = listenerPid(POOLER_PORT, 'pgbouncer')
   return pooler === null ? [] : await backendPids(sql, connectionPorts(pooler, PG_PORT))
 }

@@ -96,12 +96,15 @@ export async function profileSql(url: string, calls = 2000): Promise<SqlProfile>
            and calls >= ${calls}
          order by total_exec_time desc limit 12`
       const lines = []
-      for (const fn of [BEGIN, SETTLE]) {
+      // SQL_PROFILE_FUNCTIONS: more plpgsql functions (regprocedure text, `;`-separated) whose
+      // lines to list, e.g. gateway.admit(…) or gateway.settle_hold(…).
+      const more = (Deno.env.get('SQL_PROFILE_FUNCTIONS') ?? '').split(';').filter(Boolean)
+      for (const fn of [BEGIN, SETTLE, ...more]) {
         const rows = await tx`
           select lineno, total_time, exec_stmts, source
             from plpgsql_profiler_function_tb(${fn}::regprocedure)
            where total_time is not null and exec_stmts > 0
-           order by total_time desc limit 8`
+           order by total_time desc limit ${more.length ? 14 : 8}`
         for (const row of rows) {
           lines.push({
             fn: fn.slice(8, fn.indexOf('(')),

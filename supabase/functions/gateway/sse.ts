@@ -89,7 +89,15 @@ export class MeteredStream extends UpstreamEvents {
   #pulling = false
   #controller: ReadableStreamDefaultController<Uint8Array> | undefined
   #deadlineTimer: ReturnType<typeof setTimeout> | undefined
-  #stallTimer: ReturnType<typeof setTimeout> | undefined
+  // The idle and stall bounds are checked by one lazy timer each, not a timer per chunk: a
+  // setTimeout + clearTimeout pair costs 3-4 µs here (Deno's timers are Node's Timeout objects),
+  // and a token stream did two per token. Each records since when it counts (null: not counting);
+  // its timer, when it fires early, is armed again for the rest (LazyDeadline).
+  readonly #stall = new LazyDeadline(() => this.#cutNow('client_stall'))
+  readonly #idleRead = new LazyDeadline(() => {
+    this.#idle = true
+    this.#meta.call.abort()
+  })
 
   constructor(upstream: ReadableStream<Uint8Array>, meta: StreamMeta) {
     super(meta.generationId)
@@ -115,7 +123,7 @@ export class MeteredStream extends UpstreamEvents {
   }
 
   async #pull(c: ReadableStreamDefaultController<Uint8Array>): Promise<void> {
-    clearTimeout(this.#stallTimer)
+    this.#stall.stop()
     this.#pulling = true
     try {
       for (;;) {
@@ -132,9 +140,7 @@ export class MeteredStream extends UpstreamEvents {
         if (out) {
           c.enqueue(encoder.encode(out))
           // The next pull comes when the client's connection took this: until then it stalls.
-          if (!this.#finished) {
-            this.#stallTimer = setTimeout(() => this.#cutNow('client_stall'), this.#meta.stallMs)
-          }
+          if (!this.#finished) this.#stall.start(this.#meta.stallMs)
           return
         }
       }
@@ -177,15 +183,13 @@ export class MeteredStream extends UpstreamEvents {
 
   #stopTimers(): void {
     clearTimeout(this.#deadlineTimer)
-    clearTimeout(this.#stallTimer)
+    this.#stall.clear()
+    this.#idleRead.clear()
   }
 
   /** One upstream read, cut when upstream stays silent longer than the idle timeout. */
   async #read(): Promise<ReadableStreamReadResult<Uint8Array>> {
-    const timer = setTimeout(() => {
-      this.#idle = true
-      this.#meta.call.abort()
-    }, this.#meta.idleTimeoutMs)
+    this.#idleRead.start(this.#meta.idleTimeoutMs)
     try {
       if (!this.#buffer) {
         return await (this.#reader as ReadableStreamDefaultReader<Uint8Array>).read()
@@ -198,7 +202,7 @@ export class MeteredStream extends UpstreamEvents {
       if (this.#cut) throw new StreamCut(this.#cut)
       throw this.#idle ? new IdleTimeout('upstream stream idle') : err
     } finally {
-      clearTimeout(timer)
+      this.#idleRead.stop()
     }
   }
 
@@ -315,5 +319,58 @@ export class MeteredStream extends UpstreamEvents {
     } catch {
       // already cancelled
     }
+  }
+}
+
+/**
+ * "Call `fire` once something has lasted `ms`", restarted and stopped far more often than it fires,
+ * with at most one timer: `start` records when it began (and arms a timer only if none is armed),
+ * `stop` records that it ended (the timer stays). A timer that fires finds either nothing running
+ * (it lapses; the next `start` arms one), or something running for less than its `ms` (it is armed
+ * for the rest), or for long enough (it calls `fire`). So `fire` comes when a single start has gone
+ * `ms` without a stop, as with a timer per start, and a start without a timer costs a clock read.
+ */
+export class LazyDeadline {
+  #since: number | null = null
+  #ms = 0
+  #timer: ReturnType<typeof setTimeout> | undefined
+  /** When the armed timer fires. */
+  #due = 0
+
+  constructor(private readonly fire: () => void) {}
+
+  start(ms: number): void {
+    const now = performance.now()
+    this.#since = now
+    this.#ms = ms
+    // One armed for a later moment (a longer `ms` before) would fire too late: armed again.
+    if (this.#timer !== undefined && now + ms < this.#due) {
+      clearTimeout(this.#timer)
+      this.#timer = undefined
+    }
+    if (this.#timer === undefined) this.#arm(ms)
+  }
+
+  stop(): void {
+    this.#since = null
+  }
+
+  /** Stopped and disarmed (the stream ended). */
+  clear(): void {
+    this.#since = null
+    clearTimeout(this.#timer)
+    this.#timer = undefined
+  }
+
+  #arm(ms: number): void {
+    this.#due = performance.now() + ms
+    this.#timer = setTimeout(() => {
+      this.#timer = undefined
+      if (this.#since === null) return
+      const left = this.#since + this.#ms - performance.now()
+      if (left > 0) return this.#arm(left)
+      this.#since = null
+      this.fire()
+    }, Math.max(0, ms))
   }
 }

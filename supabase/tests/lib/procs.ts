@@ -359,3 +359,54 @@ export async function startFunctions(opts: FunctionsOptions = {}): Promise<Funct
   })
   return { ...proc, url }
 }
+
+/**
+ * The gateway function in ONE plain Deno process: its own `index.ts` (`Deno.serve(app.fetch)`) with
+ * no supervisor and no worker wrapper, which is what a hosted worker's CPU pays for (hosted
+ * Supabase routes requests in its Rust edge runtime, off the function's budget). The same
+ * environment as `startFunctions`, the same permissions and V8 heap limit as a worker
+ * (`--max-heap-size` = 256 MB, unless BENCH_V8_FLAGS sets a heap or generation size), still through
+ * PgBouncer as `gateway_api`. No `EdgeRuntime`: background work simply runs on (background.ts).
+ * The function sees the path `/gateway/…` as on Supabase, so `url` has no `/functions/v1`.
+ * For the benchmark (`bench/run.sh --plain`), not for the tests: no lifecycle at all.
+ */
+export async function startPlainFunction(opts: FunctionsOptions = {}): Promise<Functions> {
+  const port = opts.port ?? freePort()
+  const v8 = Deno.env.get('BENCH_V8_FLAGS')
+  const heap = v8 && /--max-(heap|old-space|semi-space)-size/.test(v8)
+    ? `--v8-flags=${v8}`
+    : `--v8-flags=${v8 ? `${v8},` : ''}--max-heap-size=256`
+  const url = `http://127.0.0.1:${port}/gateway`
+  const proc = await start({
+    name: 'functions',
+    cmd: Deno.execPath(),
+    args: [
+      'run',
+      '--allow-net',
+      '--allow-env',
+      '--allow-read',
+      '--unstable-no-legacy-abort',
+      heap,
+      ...(opts.denoArgs ?? []),
+      `${ROOT}supabase/functions/gateway/index.ts`,
+    ],
+    env: {
+      // Where Deno.serve() without options listens (Deno ≥ 2.1).
+      DENO_SERVE_ADDRESS: `tcp:127.0.0.1:${port}`,
+      SUPABASE_URL: `http://127.0.0.1:${port}`,
+      SUPABASE_DB_URL: DB_URL,
+      GATEWAY_DB_URL: opts.dbUrl ?? FUNCTION_DB_URL,
+      OPENROUTER_BASE_URL: opts.upstream ??
+        `${Deno.env.get('SIM_URL') ?? 'http://127.0.0.1:54340'}/api/v1`,
+      OPENROUTER_API_KEY: 'simulated-upstream-key',
+      GATEWAY_UPSTREAM_SIMULATED: '1',
+      GATEWAY_GENERATION_LOOKUP_DELAYS_MS: '100,200,400,800,1600',
+      ...opts.env,
+    },
+    cwd: ROOT,
+    log: opts.log,
+    captureLogs: opts.captureLogs,
+    readyUrl: `${url}/health`,
+  })
+  return { ...proc, url }
+}

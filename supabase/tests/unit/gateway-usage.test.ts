@@ -8,6 +8,8 @@ import {
   appendMember,
   charge,
   gatewayUsageJson,
+  parseUsage,
+  parseWithSources,
   readUsage,
   withClientUsage,
 } from '../../functions/gateway/gateway-usage.ts'
@@ -133,4 +135,42 @@ Deno.test('the client usage: cost is what the client pays, exactly; upstream cos
     usage: { prompt_tokens: 3, cost: 0.00114, cost_details: null },
     z: 1,
   })
+})
+
+// parseUsage finds cost's source text by scanning the members (a reviver costs 7 µs a call): it must
+// say exactly what V8's own `context.source` says, for every way upstream may write a usage object.
+Deno.test("parseUsage: cost's exact source text, as JSON.parse's reviver reports it", () => {
+  const blank = fc.constantFrom('', ' ', '\n  ', '\t')
+  const number = fc.oneof(
+    fc.constantFrom('0', '-0', '5', '0.00000375', '0.000001234567890123', '1e-7', '1E+2', '2.50'),
+    fc.double({ noNaN: true, noDefaultInfinity: true }).map(String),
+    fc.integer().map(String),
+  )
+  const value = fc.oneof(
+    number,
+    fc.string().map((x) => JSON.stringify(x)),
+    fc.constantFrom('null', 'true', '{}', '[1,{"cost":3}]', '{"cost":0.5}'),
+  )
+  const name = fc.oneof(
+    fc.constantFrom('cost', 'cost', '\\u0063ost', 'prompt_tokens', 'cost_details', 'co\\"st'),
+    fc.string().map((x) => JSON.stringify(x).slice(1, -1)),
+  )
+  const member = fc.tuple(name, blank, value, blank).map(([n, b1, v, b2]) =>
+    `"${n}"${b1}:${b2}${v}`
+  )
+  fc.assert(
+    fc.property(fc.array(member, { maxLength: 6 }), blank, (members, b) => {
+      const text = `${b}{${b}${members.join(`${b},${b}`)}${b}}${b}`
+      const { value: parsed, sourceOf } = parseWithSources(text, 'cost')
+      assert.equal(parseUsage(text).costText, sourceOf(parsed), text)
+    }),
+    { numRuns: 2000 },
+  )
+  // Not an object: no cost.
+  for (const text of ['null', '[{"cost":1}]', '7', '"cost"']) {
+    assert.equal(parseUsage(text).costText, null)
+  }
+  assert.equal(parseUsage('{"cost": 0.000001234567890123 }').costText, '0.000001234567890123')
+  assert.equal(parseUsage('{"cost":1,"cost":"2"}').costText, null)
+  assert.equal(parseUsage('{"cost":"2","cost":1e-7}').costText, '1e-7')
 })
