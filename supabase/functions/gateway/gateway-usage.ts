@@ -4,7 +4,7 @@
 // (which runs after the response, in background: settlement.ts), the usage rewritten with what the
 // client pays, and the `gateway_usage` member.
 
-import { topLevelMembers } from './chat-request.ts'
+import { topLevelMembers } from './json-text.ts'
 import { chargeFor, creditsUsd } from './credits.ts'
 import { type Hold, tokens, type Usage } from './hold.ts'
 

@@ -9,22 +9,27 @@ import { newAccount, setRateLimits, unknownKey } from '../lib/accounts.ts'
 import { startFunctions, startOwnSimulator } from '../lib/procs.ts'
 import { test } from '../lib/stack.ts'
 
+/** A 3 s stream (300 tokens, 10 ms apart) that is in flight while the heavy bodies arrive. */
+function longStream(url: string, key: string): Promise<Response> {
+  return fetch(`${url}/v1/chat/completions`, {
+    method: 'POST',
+    headers: { authorization: `Bearer ${key}`, 'content-type': 'application/json' },
+    body: JSON.stringify({
+      model: 'openai/gpt-4o-mini~len-300~delay-10',
+      messages: [{ role: 'user', content: 'a long answer' }],
+      max_tokens: 300,
+      stream: true,
+    }),
+  })
+}
+
 test('a body of 1.3 million empty objects is refused without killing the worker, and a stream in flight there ends whole', async () => {
   const sim = startOwnSimulator()
   const fn = await startFunctions({ upstream: sim.baseUrl, env: { GATEWAY_LOG_REQUESTS: '0' } })
   const base = fn.url.replace(/\/functions\/v1\/gateway$/, '')
   try {
     const a = await newAccount(1_000_000, 'body-shape')
-    const stream = await fetch(`${fn.url}/v1/chat/completions`, {
-      method: 'POST',
-      headers: { authorization: `Bearer ${a.key}`, 'content-type': 'application/json' },
-      body: JSON.stringify({
-        model: 'openai/gpt-4o-mini~len-300~delay-10',
-        messages: [{ role: 'user', content: 'a long answer' }],
-        max_tokens: 300,
-        stream: true,
-      }),
-    })
+    const stream = await longStream(fn.url, a.key)
     assert.equal(stream.status, 200)
     const reader = stream.body!.getReader()
     const decoder = new TextDecoder()
@@ -73,16 +78,7 @@ test('16 concurrent bodies of 199,000 empty objects each: some wait (503), none 
   try {
     const a = await newAccount(100_000_000, 'body-shape-many')
     await setRateLimits(a.userId, { requests_per_minute: 10_000 })
-    const stream = await fetch(`${fn.url}/v1/chat/completions`, {
-      method: 'POST',
-      headers: { authorization: `Bearer ${a.key}`, 'content-type': 'application/json' },
-      body: JSON.stringify({
-        model: 'openai/gpt-4o-mini~len-300~delay-10',
-        messages: [{ role: 'user', content: 'a long answer' }],
-        max_tokens: 300,
-        stream: true,
-      }),
-    })
+    const stream = await longStream(fn.url, a.key)
     assert.equal(stream.status, 200)
     const streamed = stream.text().catch((err) => `the stream was cut: ${err}`)
     // Each under the per-body cap (200,000), ~0.6 MB; 16 at once were ~450 MB parsed.

@@ -9,11 +9,10 @@ import fc from 'fast-check'
 import {
   type ChatCompletionRequest,
   estimatePromptTokens,
-  namesOf,
   requestFacts,
-  topLevelMembers,
   upstreamBody,
 } from '../../functions/gateway/chat-request.ts'
+import { namesOf, topLevelMembers } from '../../functions/gateway/json-text.ts'
 
 const name = fc.string({ unit: 'binary', maxLength: 12 }).filter((k) => k !== '__proto__')
 const json = fc.jsonValue({ maxDepth: 4 })
