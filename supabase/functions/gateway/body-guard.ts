@@ -69,11 +69,12 @@ let containersInFlight = 0
 
 /**
  * Reserves a parsed body's `containers` (beyond the free allowance) from the isolate's budget, or
- * refuses with 503. Returns the release, idempotent; a no-op for an ordinary body.
+ * refuses with 503. Returns the release (idempotent), or undefined for an ordinary body, which
+ * reserves nothing (and whose response is then not wrapped).
  */
-export function reserveParsed(containers: number): () => void {
+export function reserveParsed(containers: number): (() => void) | undefined {
   const heavy = containers - FREE_CONTAINERS
-  if (heavy <= 0) return () => {}
+  if (heavy <= 0) return undefined
   if (containersInFlight > 0 && containersInFlight + heavy > MAX_CONTAINERS_IN_FLIGHT) {
     throw busy(false)
   }

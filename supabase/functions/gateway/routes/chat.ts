@@ -3,8 +3,8 @@
 // parse the body once, validate it, then completions.ts (one SQL call to admit, one to settle).
 
 import { createRoute } from '@hono/zod-openapi'
-import { caller } from '../identity.ts'
 import type { Context } from 'hono'
+import { caller } from '../identity.ts'
 import { releasedAtEnd, reserveParsed } from '../body-guard.ts'
 import { ChatCompletionRequest } from '../chat-request.ts'
 import { containersIn, MAX_CONTAINERS } from '../json-text.ts'
@@ -61,6 +61,7 @@ chatRoutes.post('/v1/chat/completions', async (c) => {
   }
   // The parsed body lives as long as its request: its memory is reserved until the response ends.
   const release = reserveParsed(containers)
+  if (!release) return completion(c, who, text)
   try {
     return releasedAtEnd(await completion(c, who, text), release)
   } catch (err) {
