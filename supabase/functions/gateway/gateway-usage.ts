@@ -6,7 +6,7 @@
 
 import { topLevelMembers } from './json-text.ts'
 import { chargeFor, creditsUsd } from './credits.ts'
-import { type Hold, tokens, type Usage } from './hold.ts'
+import { chargedCounts, type Hold, tokens, type Usage } from './hold.ts'
 
 /** Upstream's usage object, as far as billing reads it (OpenRouter's ChatUsage). */
 export interface UpstreamUsage {
@@ -122,17 +122,7 @@ export interface ReportedCharge {
  * (openrouter/auto served a model outside the candidates: the response then waits for the settle).
  */
 export function charge(hold: Hold, usage: Usage): ReportedCharge | undefined {
-  const c = chargeFor(hold.pricing, {
-    model: usage.model,
-    prompt_tokens: tokens(usage.promptTokens),
-    completion_tokens: tokens(usage.completionTokens),
-    cached_tokens: tokens(usage.cachedTokens ?? 0),
-    cache_write_tokens: tokens(usage.cacheWriteTokens ?? 0),
-    reasoning_tokens: tokens(usage.reasoningTokens ?? 0),
-    web_search_requests: tokens(usage.webSearchRequests ?? 0),
-    images: tokens(usage.images ?? 0),
-    cost: usage.cost,
-  })
+  const c = chargeFor(hold.pricing, chargedCounts(usage))
   return c && settled(hold, c.credits)
 }
 

@@ -117,3 +117,32 @@ export interface Usage {
 export function tokens(n: number): number {
   return Math.max(0, Math.round(n))
 }
+
+/** What a usage is charged by, as SQL's usage jsonb names it (settle_request, credits.ts). */
+export interface ChargedCounts {
+  model: string
+  prompt_tokens: number
+  completion_tokens: number
+  cached_tokens: number
+  cache_write_tokens: number
+  reasoning_tokens: number
+  web_search_requests: number
+  images: number
+  /** USD, exact decimal text as upstream sent it (a JSON number would go through a double). */
+  cost: string | null
+}
+
+/** `usage`'s counts for the charge: the one mapping of a Usage to SQL's names. */
+export function chargedCounts(usage: Usage): ChargedCounts {
+  return {
+    model: usage.model,
+    prompt_tokens: tokens(usage.promptTokens),
+    completion_tokens: tokens(usage.completionTokens),
+    cached_tokens: tokens(usage.cachedTokens ?? 0),
+    cache_write_tokens: tokens(usage.cacheWriteTokens ?? 0),
+    reasoning_tokens: tokens(usage.reasoningTokens ?? 0),
+    web_search_requests: tokens(usage.webSearchRequests ?? 0),
+    images: tokens(usage.images ?? 0),
+    cost: usage.cost,
+  }
+}

@@ -10,7 +10,15 @@ import { config } from './config.ts'
 import { call } from './db.ts'
 import { ApiError } from './errors.ts'
 import { charge, type ReportedCharge, settled as settledCharge } from './gateway-usage.ts'
-import { type Hold, type Outcome, type SettledBy, tokens, type Usage } from './hold.ts'
+import {
+  type ChargedCounts,
+  chargedCounts,
+  type Hold,
+  type Outcome,
+  type SettledBy,
+  tokens,
+  type Usage,
+} from './hold.ts'
 import { log } from './log.ts'
 import { closed } from './open-holds.ts'
 import * as reservations from './reservations.ts'
@@ -55,37 +63,19 @@ async function withRetries<T>(what: string, attempt: () => Promise<T>): Promise<
 }
 
 /** settle_request's usage (docs/SQL-API.md), with the hold's id as settle_requests takes it. */
-export interface SettleArgs {
+export interface SettleArgs extends ChargedCounts {
   hold_id: number
-  model: string
-  prompt_tokens: number
-  completion_tokens: number
-  cached_tokens: number
-  cache_write_tokens: number
-  reasoning_tokens: number
-  web_search_requests: number
-  images: number
-  /** USD, exact decimal text as upstream sent it (a JSON number would go through a double). */
-  cost: string | null
   status: Outcome
   latency_ms: number
   generation_id: string | null
   settled_by: SettledBy
 }
 
-/** `usage` as settle_request(s) take it: the one mapping of a Usage to SQL's usage jsonb. */
+/** `usage` as settle_request(s) take it: its counts (hold.ts) and how it ended. */
 export function settleArgs(holdId: number, usage: Usage): SettleArgs {
   return {
     hold_id: holdId,
-    model: usage.model,
-    prompt_tokens: tokens(usage.promptTokens),
-    completion_tokens: tokens(usage.completionTokens),
-    cached_tokens: tokens(usage.cachedTokens ?? 0),
-    cache_write_tokens: tokens(usage.cacheWriteTokens ?? 0),
-    reasoning_tokens: tokens(usage.reasoningTokens ?? 0),
-    web_search_requests: tokens(usage.webSearchRequests ?? 0),
-    images: tokens(usage.images ?? 0),
-    cost: usage.cost,
+    ...chargedCounts(usage),
     status: usage.outcome,
     latency_ms: tokens(usage.latencyMs),
     generation_id: usage.generationId,
