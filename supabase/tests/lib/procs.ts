@@ -310,6 +310,21 @@ export interface Functions extends Proc {
   url: string
 }
 
+/** The function's environment on a test server at `origin`, before `opts.env`. */
+function functionEnv(origin: string, opts: FunctionsOptions): Record<string, string> {
+  return {
+    SUPABASE_URL: origin,
+    SUPABASE_DB_URL: DB_URL,
+    GATEWAY_DB_URL: opts.dbUrl ?? FUNCTION_DB_URL,
+    OPENROUTER_BASE_URL: opts.upstream ??
+      `${Deno.env.get('SIM_URL') ?? 'http://127.0.0.1:54340'}/api/v1`,
+    OPENROUTER_API_KEY: 'simulated-upstream-key',
+    GATEWAY_UPSTREAM_SIMULATED: '1',
+    // Quick fallbacks: an own simulator's /generation answers after 50 ms.
+    GATEWAY_GENERATION_LOOKUP_DELAYS_MS: '100,200,400,800,1600',
+  }
+}
+
 /**
  * scripts/serve-functions.ts on a free port, as scripts/stack.sh starts it (same flags, same
  * environment names), once /health answers (any status: the database may be a dead one on
@@ -338,15 +353,7 @@ export async function startFunctions(opts: FunctionsOptions = {}): Promise<Funct
     env: {
       FUNCTIONS_PORT: String(port),
       FUNCTIONS_HOSTNAME: hostname,
-      SUPABASE_URL: `http://${host}:${port}`,
-      SUPABASE_DB_URL: DB_URL,
-      GATEWAY_DB_URL: opts.dbUrl ?? FUNCTION_DB_URL,
-      OPENROUTER_BASE_URL: opts.upstream ??
-        `${Deno.env.get('SIM_URL') ?? 'http://127.0.0.1:54340'}/api/v1`,
-      OPENROUTER_API_KEY: 'simulated-upstream-key',
-      GATEWAY_UPSTREAM_SIMULATED: '1',
-      // Quick fallbacks: an own simulator's /generation answers after 50 ms.
-      GATEWAY_GENERATION_LOOKUP_DELAYS_MS: '100,200,400,800,1600',
+      ...functionEnv(`http://${host}:${port}`, opts),
       // The function runs in worker processes (scripts/edge-worker.ts): profiling and V8 flags are theirs.
       FUNCTIONS_WORKER_DENO_ARGS: [...(opts.denoArgs ?? []), ...(v8 ? [`--v8-flags=${v8}`] : [])]
         .join(' '),
@@ -393,14 +400,7 @@ export async function startPlainFunction(opts: FunctionsOptions = {}): Promise<F
     env: {
       // Where Deno.serve() without options listens (Deno ≥ 2.1).
       DENO_SERVE_ADDRESS: `tcp:127.0.0.1:${port}`,
-      SUPABASE_URL: `http://127.0.0.1:${port}`,
-      SUPABASE_DB_URL: DB_URL,
-      GATEWAY_DB_URL: opts.dbUrl ?? FUNCTION_DB_URL,
-      OPENROUTER_BASE_URL: opts.upstream ??
-        `${Deno.env.get('SIM_URL') ?? 'http://127.0.0.1:54340'}/api/v1`,
-      OPENROUTER_API_KEY: 'simulated-upstream-key',
-      GATEWAY_UPSTREAM_SIMULATED: '1',
-      GATEWAY_GENERATION_LOOKUP_DELAYS_MS: '100,200,400,800,1600',
+      ...functionEnv(`http://127.0.0.1:${port}`, opts),
       ...opts.env,
     },
     cwd: ROOT,
