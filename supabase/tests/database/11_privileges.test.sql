@@ -50,7 +50,7 @@ select set_eq(
         'delete_key', 'key_usage', 'admin_add_credits', 'admin_balances', 'admin_monitor',
         'admin_set_limits', 'admin_authorize', 'models_cache', 'store_models_cache',
         'begin_request', 'begin_requests', 'settle_request', 'settle_requests', 'void_request',
-        'reserve_admissions', 'cancel_admissions', 'idempotency_begin', 'idempotency_complete',
+        'reserve_admissions', 'reserve_admissions_batch', 'cancel_admissions', 'idempotency_begin', 'idempotency_complete',
         'note_holds', 'reconcile_candidates'],
   'gateway_api executes exactly the API functions of docs/SQL-API.md'
 );
