@@ -53,6 +53,7 @@ const FUNCTIONS = {
   settle_requests: {},
   void_request: {},
   reserve_admissions: {},
+  reserve_admissions_batch: {},
   cancel_admissions: {},
   idempotency_begin: {},
   idempotency_complete: {},

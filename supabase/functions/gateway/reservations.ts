@@ -6,9 +6,10 @@
 // max_tokens, lifetime); a reservation is made for a prompt bound rounded up to a power of two and
 // serves the requests whose bound is at most that. Once a context is busy (`reserveAfter`
 // admissions within about four lifetimes, `reserveMs` each) and its last admission shows ample room
-// (credits, rate windows), `gateway.reserve_admissions` admits ahead half as many again as its recent
-// rate would use in one lifetime (at most `reserveCount`), each by begin_request itself: counted in
-// the windows and the key's counter, with its own hold. Requests of that context then take one of
+// (credits, rate windows), `gateway.reserve_admissions` admits ahead as many as its recent rate
+// would use in one lifetime (at most `reserveCount`), each by begin_request itself: counted in the
+// windows and the key's counter, with its own hold. The reservations of many contexts go in one
+// call (`gateway.reserve_admissions_batch`, batched like admissions). Requests of that context then take one of
 // those admissions instead of calling SQL; what is not taken within `reserveMs` is given back by
 // `gateway.cancel_admissions`, which uncounts it. So SQL stays the one place that decides
 // admission; this module only hands out what SQL decided, in order.
@@ -23,6 +24,7 @@
 import { toHex } from '../_shared/keys.ts'
 import { describe, inBackground, keepWorker } from './background.ts'
 import { config } from './config.ts'
+import { Batcher } from './batcher.ts'
 import { call, onAdmissionChange } from './db.ts'
 import type { RequestFacts } from './chat-request.ts'
 import * as notes from './open-holds.ts'
@@ -58,10 +60,44 @@ interface Pool {
 const HEADROOM = 4
 // Contexts remembered at most; beyond it, those holding nothing are forgotten.
 const MAX_POOLS = 10_000
-// Reservation calls in flight at most, for all contexts: they share the pool's few connections with
-// the requests' own calls, and a request must never queue behind work done for later ones.
-const MAX_RESERVING = 1
-let reservingCalls = 0
+
+interface Reservation {
+  who: Caller
+  facts: RequestFacts
+  count: number
+}
+
+// One reservation call in flight, for all contexts: it shares the pool's few connections with the
+// requests' own calls, and a request must never queue behind work done for later ones. Contexts
+// that want a reservation meanwhile queue and go together in the next call (batcher.ts), in account
+// order as begin_requests does. When only one call could be in flight and a context found it busy,
+// its requests went to SQL one by one: at c=64 over 64 keys, two thirds of them
+// (docs/PERFORMANCE.md, "Reservations batched"). At most 8 contexts a call: each may be 32 holds,
+// and every account of a batch stays locked until it commits.
+const reservations = new Batcher<Reservation, BeginResult[]>({
+  // Not 'reservations': that name is the sweep's (keepWorker below), held while anything is reserved.
+  name: 'reservation calls',
+  maxCalls: 1,
+  maxBatch: 8,
+  call: (batch) =>
+    batch.length === 1
+      ? call<BeginResult[]>('reserve_admissions', [
+        batch[0].who.keyHash,
+        batch[0].who.ip,
+        batch[0].who.referrer,
+        { ...batch[0].facts },
+        batch[0].count,
+      ]).then((r) => [r])
+      : call<BeginResult[][]>('reserve_admissions_batch', [
+        batch.map((r) => ({
+          key_hash: toHex(r.who.keyHash),
+          client_ip: r.who.ip,
+          referrer: r.who.referrer,
+          count: r.count,
+          ...r.facts,
+        })),
+      ]),
+})
 
 const pools = new Map<string, Pool>()
 /** Which pool a reserved hold came from, while its request runs. */
@@ -165,25 +201,27 @@ function isBusy(pool: Pool): boolean {
 }
 
 /**
- * How many to reserve: twice what the context's recent rate would use in one lifetime, at least 4,
- * at most `reserveCount`. A reservation of n costs Postgres about what one admission does
- * (gateway.reserve_admissions), so running short, which sends requests back to waiting for their
- * admission, costs more than giving a few back.
+ * How many to reserve: what the context's recent rate would use in one lifetime, at least 4, at
+ * most `reserveCount`. Reserving again before the last runs out (`low`) keeps requests off SQL;
+ * reserving more than a lifetime uses is given back unused, each an admission and a cancel for
+ * nothing. Twice the rate, reserved again at half, gave back 42 % of what it reserved at c=64.
  */
 function size(pool: Pool, now = Date.now()): number {
   const span = Math.max(config.reserveMs, now - pool.since + (pool.previous ? windowMs() : 0))
   const perLifetime = (pool.admissions + pool.previous) * config.reserveMs / span
-  return Math.min(config.reserveCount, Math.max(4, Math.ceil(2 * perLifetime)))
+  return Math.min(config.reserveCount, Math.max(4, Math.ceil(perLifetime)))
 }
 
 /**
- * Reserve again at half, counting only what has at least half its lifetime left: a caller sending a
- * request every 400 ms would otherwise find its reservation expired every third request, and wait.
+ * Reserve again when a quarter is left, counting only what has at least a quarter of its lifetime
+ * left: at a steady rate that is when the last quarter of a reservation starts being used, in time
+ * for the next to arrive before it runs out. A caller sending a request every 400 ms would
+ * otherwise find its reservation expired every third request, and wait.
  */
 function low(pool: Pool, now = Date.now()): boolean {
   let lasting = 0
-  for (const r of pool.reserved) if (r.expiresAt - now > config.reserveMs / 2) lasting++
-  return lasting <= size(pool, now) / 2
+  for (const r of pool.reserved) if (r.expiresAt - now > config.reserveMs / 4) lasting++
+  return lasting <= size(pool, now) / 4
 }
 
 /**
@@ -220,42 +258,36 @@ function reserve(
   const count = Math.min(size(pool), tokenRoom(last, promptBound))
   if (
     count < MIN_RESERVATION ||
-    unloading || pool.reserving || reservingCalls >= MAX_RESERVING || !isBusy(pool) ||
+    unloading || pool.reserving || !isBusy(pool) ||
     now < pool.coolUntil ||
     !roomFor(last, promptBound, count)
   ) return
   pool.reserving = true
-  reservingCalls++
   const epoch = pool.epoch
   inBackground(
-    call<BeginResult[]>('reserve_admissions', [
-      who.keyHash,
-      who.ip,
-      who.referrer,
-      { ...facts, prompt_bound: promptBound },
-      count,
-    ]).then((answers) => {
-      const expiresAt = Date.now() + config.reserveMs
-      if (pool.epoch !== epoch) {
-        // Given back while in flight (a refusal, a key change): these were admitted before it.
-        const ok = answers.filter((a): a is BeginResult & Hold => a.ok)
-        return cancel(ok.map((hold) => ({ hold, promptBound, expiresAt })), 'given back')
-      }
-      for (const a of answers) {
-        if (a.ok) pool.reserved.push({ hold: a, promptBound, expiresAt })
-      }
-      // Fewer than asked: something (a window, the cap, the credits) is close to its end. Let the
-      // context's requests go to SQL one by one for a while.
-      if (answers.length < count || answers.some((a) => !a.ok)) pool.coolUntil = expiresAt
-      const first = answers.find((a): a is BeginResult & Hold => a.ok)
-      if (first) pool.balance = first.balance
-      arm()
-    }).catch((err) => {
+    reservations.submit({ who, facts: { ...facts, prompt_bound: promptBound }, count }).then(
+      (answers) => {
+        const expiresAt = Date.now() + config.reserveMs
+        if (pool.epoch !== epoch) {
+          // Given back while in flight (a refusal, a key change): these were admitted before it.
+          const ok = answers.filter((a): a is BeginResult & Hold => a.ok)
+          return cancel(ok.map((hold) => ({ hold, promptBound, expiresAt })), 'given back')
+        }
+        for (const a of answers) {
+          if (a.ok) pool.reserved.push({ hold: a, promptBound, expiresAt })
+        }
+        // Fewer than asked: something (a window, the cap, the credits) is close to its end. Let the
+        // context's requests go to SQL one by one for a while.
+        if (answers.length < count || answers.some((a) => !a.ok)) pool.coolUntil = expiresAt
+        const first = answers.find((a): a is BeginResult & Hold => a.ok)
+        if (first) pool.balance = first.balance
+        arm()
+      },
+    ).catch((err) => {
       pool.coolUntil = Date.now() + config.reserveMs
       log('warn', 'reserve_admissions failed', { error: describe(err) })
     }).finally(() => {
       pool.reserving = false
-      reservingCalls--
     }),
     'reserve_admissions',
   )

@@ -1,6 +1,7 @@
 // Reserved admissions (reservations.ts): a busy context is admitted ahead by
-// gateway.reserve_admissions, its requests take those admissions without a round trip, and what
-// they do not take is given back (gateway.cancel_admissions). The stack's function runs with the
+// gateway.reserve_admissions (many contexts at once by gateway.reserve_admissions_batch), its
+// requests take those admissions without a round trip, and what they do not take is given back
+// (gateway.cancel_admissions). The stack's function runs with the
 // defaults (at most 32 ahead, kept 1 s, once a caller has had 8 admissions within 4 s).
 //
 // What must hold whatever the timing: every request is admitted, counted and charged exactly once;
@@ -124,6 +125,40 @@ test('concurrent requests of one key with reservations: the books stay exact', a
   assert.equal(c.records, waves * width)
   assert.equal(c.used, waves * width)
   assert.equal(c.day, waves * width)
+})
+
+test('many busy keys at once: their reservations are made together, the books exact', async () => {
+  // Twelve clients, each sending its requests one after the other on its own key: every context
+  // becomes busy at about the same moment and wants a reservation while another's is at the
+  // database. Those go together in one call (gateway.reserve_admissions_batch, one transaction):
+  // seen as one admission time shared by several accounts, each with several requests.
+  const n = 40
+  const accounts = await Promise.all(Array.from({ length: 12 }, () => busyAccount()))
+  const statuses = await Promise.all(accounts.map((a) => burst(a.key, n)))
+  for (const s of statuses) assert.deepEqual(s, Array(n).fill(200))
+  const ids = accounts.map((a) => a.userId)
+  for (const a of accounts) {
+    await settled(a.userId, n)
+    await quiet(a.userId)
+    const c = await counts(a.userId, a.keyId)
+    assert.deepEqual(
+      [c.records, c.used, c.day],
+      [n, n, n],
+      `account ${a.userId}: one of each per request`,
+    )
+    const [{ charged }] = await db()`
+      select coalesce(sum(credits_charged), 0)::int as charged from gateway.usage_records
+       where account_id = ${a.userId}`
+    assert.deepEqual(await balance(a.userId), { balance: 1_000_000 - charged, held: 0 })
+  }
+  const [{ shared }] = await db()`
+    select count(*)::int as shared from (
+      select created_at from (
+        select created_at, account_id from gateway.usage_records
+         where account_id = any(${ids}::bigint[])
+         group by created_at, account_id having count(*) >= 2) per_account
+       group by created_at having count(*) >= 2) t`
+  assert.ok(shared > 0, 'some reservations of several accounts were made in one transaction')
 })
 
 test('a limit stays exact with reservations: exactly the limit is admitted, nothing reserved stays counted', async () => {
