@@ -93,7 +93,7 @@ export const config = {
    * how late a revocation or limit change can reach it); and how many admissions within four times
    * that make a context busy.
    */
-  reserveCount: Math.min(intEnv('GATEWAY_RESERVE_ADMISSIONS', 32), 64),
+  reserveCount: Math.min(intEnv('GATEWAY_RESERVE_ADMISSIONS', 64), 64),
   // At most 2 s: the server releases reserved admissions not taken within 5 s
   // (gateway.release_reserved_admissions), and a taken one is noted as soon as it is taken.
   reserveMs: Math.min(Math.max(intEnv('GATEWAY_RESERVE_MS', 1000), 1), 2000),

@@ -72,7 +72,7 @@ interface Reservation {
 // that want a reservation meanwhile queue and go together in the next call (batcher.ts), in account
 // order as begin_requests does. When only one call could be in flight and a context found it busy,
 // its requests went to SQL one by one: at c=64 over 64 keys, two thirds of them
-// (docs/PERFORMANCE.md, "Reservations batched"). At most 8 contexts a call: each may be 32 holds,
+// (docs/PERFORMANCE.md, "Reservations batched"). At most 8 contexts a call: each may be 64 holds,
 // and every account of a batch stays locked until it commits.
 const reservations = new Batcher<Reservation, BeginResult[]>({
   // Not 'reservations': that name is the sweep's (keepWorker below), held while anything is reserved.
@@ -200,6 +200,12 @@ function isBusy(pool: Pool): boolean {
   return pool.admissions + pool.previous >= config.reserveAfter
 }
 
+/** Admissions of the context in one lifetime at its recent rate. */
+function perLifetime(pool: Pool, now: number): number {
+  const span = Math.max(config.reserveMs, now - pool.since + (pool.previous ? windowMs() : 0))
+  return (pool.admissions + pool.previous) * config.reserveMs / span
+}
+
 /**
  * How many to reserve: what the context's recent rate would use in one lifetime, at least 4, at
  * most `reserveCount`. Reserving again before the last runs out (`low`) keeps requests off SQL;
@@ -207,21 +213,27 @@ function isBusy(pool: Pool): boolean {
  * nothing. Twice the rate, reserved again at half, gave back 42 % of what it reserved at c=64.
  */
 function size(pool: Pool, now = Date.now()): number {
-  const span = Math.max(config.reserveMs, now - pool.since + (pool.previous ? windowMs() : 0))
-  const perLifetime = (pool.admissions + pool.previous) * config.reserveMs / span
-  return Math.min(config.reserveCount, Math.max(4, Math.ceil(perLifetime)))
+  return Math.min(config.reserveCount, Math.max(4, Math.ceil(perLifetime(pool, now))))
 }
+
+// A reservation call takes a few milliseconds alone, tens under load (it queues behind other
+// contexts' and waits for the account's rows): a context must reserve again while what it holds
+// lasts at least that long.
+const REFILL_MS = 100
 
 /**
  * Reserve again when a quarter is left, counting only what has at least a quarter of its lifetime
  * left: at a steady rate that is when the last quarter of a reservation starts being used, in time
  * for the next to arrive before it runs out. A caller sending a request every 400 ms would
- * otherwise find its reservation expired every third request, and wait.
+ * otherwise find its reservation expired every third request, and wait. A context busier than one
+ * reservation a lifetime (a hot key: `reserveCount` lasts less than a lifetime) reserves again
+ * whenever what is left would not outlast the next call, so that one is always on its way.
  */
 function low(pool: Pool, now = Date.now()): boolean {
   let lasting = 0
   for (const r of pool.reserved) if (r.expiresAt - now > config.reserveMs / 4) lasting++
-  return lasting <= size(pool, now) / 4
+  const refill = perLifetime(pool, now) * REFILL_MS / config.reserveMs
+  return lasting <= Math.max(size(pool, now) / 4, refill)
 }
 
 /**

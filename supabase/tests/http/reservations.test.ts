@@ -2,7 +2,7 @@
 // gateway.reserve_admissions (many contexts at once by gateway.reserve_admissions_batch), its
 // requests take those admissions without a round trip, and what they do not take is given back
 // (gateway.cancel_admissions). The stack's function runs with the
-// defaults (at most 32 ahead, kept 1 s, once a caller has had 8 admissions within 4 s).
+// defaults (at most 64 ahead, kept 1 s, once a caller has had 8 admissions within 4 s).
 //
 // What must hold whatever the timing: every request is admitted, counted and charged exactly once;
 // nothing reserved and unused stays counted, held or open; a tight limit or a small balance is never
