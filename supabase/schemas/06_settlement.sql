@@ -441,7 +441,9 @@ revoke execute on function gateway.settle_request(bigint, jsonb, timestamptz) fr
 grant execute on function gateway.settle_request(bigint, jsonb, timestamptz) to gateway_api;
 
 -- Many settles in one transaction, each by settle_request, in account order and an account's
--- zero-token settles last (no deadlock). An element that raises aborts the batch.
+-- zero-token settles last (no deadlock). An element that raises aborts the batch. A hold closed
+-- before (expired, or a reserved admission the server released) is placed by its account too:
+-- placed first, it locked its account's rows before a lower account's (40P01 with admissions).
 create or replace function gateway.settle_requests(
   p_batch jsonb,
   p_now timestamptz default now()
@@ -468,7 +470,9 @@ begin
       left join gateway.holds h on h.id = (b.v ->> 'hold_id')::bigint
      order by coalesce(h.account_id,
                        (select u.account_id from gateway.usage_records u
-                         where u.hold_id = (b.v ->> 'hold_id')::bigint and u.status = 'expired'))
+                         where u.hold_id = (b.v ->> 'hold_id')::bigint and u.status = 'expired'),
+                       (select r.account_id from gateway.released_reservations r
+                         where r.id = (b.v ->> 'hold_id')::bigint))
                 nulls first,
               coalesce((b.v ->> 'prompt_tokens')::bigint, 0) = 0
                 and coalesce((b.v ->> 'completion_tokens')::bigint, 0) = 0,

@@ -3,7 +3,7 @@
 -- charge, and settle_requests settles a batch with settle_request's semantics.
 begin;
 \ir _helpers.sql
-select plan(18);
+select plan(20);
 
 select tests.new_account(100000) as a \gset
 select tests.new_account(100000) as b \gset
@@ -85,6 +85,32 @@ select gateway.settle_requests(jsonb_build_array(
 select is(array(select (e ->> 'balance_after')::bigint from jsonb_array_elements(:'z'::jsonb) e),
           array[:b_before - 5, :b_before - 5]::bigint[],
           'a zero-token settle is made after the account''s settles with tokens (answered as given)');
+
+-- Lock order: a reserved admission the server released while a request had it (its worker could
+-- not note it in time) settles late from its copy (released_reservations), in its account's place:
+-- taken first (the order of an unknown hold) it locked its account's rows before those of a lower
+-- account, and deadlocked with admissions and batches that take them in account order.
+select tests.new_account(100000) as lo \gset
+select tests.new_account(100000) as hi \gset
+select gateway.reserve_admissions(
+  tests.h(:'hi'::jsonb ->> 'api_key'), null, null,
+  '{"models": ["test/model"], "prompt_bound": 0, "max_tokens": 10}', 1) -> 0 as rh \gset
+select gateway.release_reserved_admissions(5, now() + interval '10 seconds') as released \gset
+select ok(exists (select from gateway.released_reservations r
+                   where r.id = (:'rh'::jsonb ->> 'hold_id')::bigint),
+          'the higher account''s reserved admission is released by the server');
+select tests.begin(:'lo'::jsonb ->> 'api_key', 10, 0) as lh \gset
+select gateway.settle_requests(jsonb_build_array(
+  jsonb_build_object('hold_id', (:'rh'::jsonb ->> 'hold_id')::bigint, 'prompt_tokens', 2,
+                     'completion_tokens', 3, 'settled_by', 'usage'),
+  jsonb_build_object('hold_id', (:'lh'::jsonb ->> 'hold_id')::bigint, 'prompt_tokens', 2,
+                     'completion_tokens', 3, 'settled_by', 'usage'))) as rl \gset
+select is(
+  array(select l.account_id from gateway.ledger l
+         where l.hold_id in ((:'rh'::jsonb ->> 'hold_id')::bigint, (:'lh'::jsonb ->> 'hold_id')::bigint)
+         order by l.id),
+  array[(:'lo'::jsonb ->> 'user_id')::bigint, (:'hi'::jsonb ->> 'user_id')::bigint],
+  'a released reservation settles in its account''s order, not before every account');
 select ok(tests.ledger_ok(), 'every ledger still sums to its balance');
 
 select * from finish();
