@@ -167,8 +167,10 @@ async function killing<T>(fn: Functions, everyMs: number, work: Promise<T>, chur
 async function afterChurn(fn: Functions, ids: number[], churn: Churn) {
   const until = Date.now() + 10_000
   while (Date.now() < until) {
-    const [{ e, n }] = await db()`
-      select gateway.expire_stale_holds() as e, gateway.release_reserved_admissions() as n`
+    // Two statements, two transactions, as the scheduler runs them: in one, the sweeper's balance
+    // locks would be held while the release takes counter rows (another lock order: a deadlock).
+    const [{ e }] = await db()`select gateway.expire_stale_holds() as e`
+    const [{ n }] = await db()`select gateway.release_reserved_admissions() as n`
     churn.lapsed += Number(e)
     churn.released += Number(n)
     // The scheduler's default age is longer than any request can live; the load is over, so any
