@@ -9,9 +9,9 @@
 // (credits, rate windows), `gateway.reserve_admissions` admits ahead as many as its recent rate
 // would use in one lifetime (at most `reserveCount`), each by begin_request itself: counted in the
 // windows and the key's counter, with its own hold. The reservations of many contexts go in one
-// call (`gateway.reserve_admissions_batch`, batched like admissions). Requests of that context then take one of
-// those admissions instead of calling SQL; what is not taken within `reserveMs` is given back by
-// `gateway.cancel_admissions`, which uncounts it. So SQL stays the one place that decides
+// call (`gateway.reserve_admissions_batch`, batched like admissions). Requests of that context then
+// take one of those admissions instead of calling SQL; what is not taken within `reserveMs` is given
+// back by `gateway.cancel_admissions`, which uncounts it. So SQL stays the one place that decides
 // admission; this module only hands out what SQL decided, in order.
 //
 // What it changes for the caller (README, "Reserved admissions"): a revoked key, a changed limit or
