@@ -1162,7 +1162,9 @@ create policy no_api_access on gateway.released_reservations
 -- (uncounted, unheld, no usage record). A reservation in use is noted within about a second
 -- (gateway.note_holds: no longer reserved), so never matches, unless its worker could not reach
 -- the database meanwhile: a copy of each is kept (released_reservations), by which its settle, if
--- one comes, still charges it.
+-- one comes, still charges it. An age below 5 s is taken as 5: a younger reservation may be in use
+-- and not noted yet, and releasing it uncounts a request that runs (its late settle charges it but
+-- does not count it again: a way past a key's cap and the windows).
 create or replace function gateway.release_reserved_admissions(
   p_older_than_seconds integer default 5,
   p_now timestamptz default now()
@@ -1180,7 +1182,7 @@ begin
   v_ids := array(
     select h.id from gateway.holds h
      where h.reserved
-       and h.created_at <= p_now - make_interval(secs => greatest(p_older_than_seconds, 1)));
+       and h.created_at <= p_now - make_interval(secs => greatest(p_older_than_seconds, 5)));
   if cardinality(v_ids) = 0 then
     return 0;
   end if;
