@@ -200,6 +200,7 @@ as $$
 declare
   h gateway.holds;
   u gateway.usage_records;
+  rr gateway.released_reservations;
   v_late boolean := false;
   v_account bigint;
   v_key bigint;
@@ -253,23 +254,21 @@ begin
     if not found then
       -- A reserved admission the server released as unused while a request had it (its worker
       -- could not say so in time): recorded as the sweeper records an expired hold, then charged
-      -- late like one.
-      with x as (
-        delete from gateway.released_reservations r where r.id = p_hold_id returning r.*
-      )
+      -- late like one, and counted again below (the release uncounted it).
+      delete from gateway.released_reservations r where r.id = p_hold_id returning r.* into rr;
+      if not found then
+        return jsonb_build_object('settled', false, 'reason', 'unknown_hold');
+      end if;
       insert into gateway.usage_records (
         hold_id, account_id, key_id, model, credits_charged, credits_held, max_tokens, status,
         settled_by, note, created_at, settled_at, pricing_mode, usd_per_credit, price, candidates,
         facts, generation_id
+      ) values (
+        rr.id, rr.account_id, rr.key_id, rr.model, 0, rr.amount, rr.max_tokens, 'expired',
+        'sweeper', 'reserved admission released by the server while in use', rr.created_at,
+        p_now, rr.pricing_mode, rr.usd_per_credit, rr.dearest, rr.prices, rr.facts, rr.generation_id
       )
-      select x.id, x.account_id, x.key_id, x.model, 0, x.amount, x.max_tokens, 'expired',
-             'sweeper', 'reserved admission released by the server while in use', x.created_at,
-             p_now, x.pricing_mode, x.usd_per_credit, x.dearest, x.prices, x.facts, x.generation_id
-        from x
       returning * into u;
-      if not found then
-        return jsonb_build_object('settled', false, 'reason', 'unknown_hold');
-      end if;
     end if;
     if u.status <> 'expired' or u.price is null then
       return jsonb_build_object('settled', false, 'reason', 'already_settled');
@@ -328,6 +327,22 @@ begin
     end if;
   end if;
 
+  -- A released reservation's request ran: the release took it out of the request windows it was
+  -- counted in (those of its admission time still current) and out of the key's requests_used, as
+  -- cancel_admissions does; it goes back in, without a check (it has run). Counter rows before the
+  -- balance row; the key's counter after it, as in admission. The account's row before the key's.
+  for i in 1 .. case when rr.id is null then 0 when rr.count_key_windows then 2 else 1 end loop
+    update gateway.rate_counters c set
+      minute_requests = c.minute_requests
+        + (date_trunc('minute', rr.created_at, 'UTC') = c.minute_start)::integer,
+      hour_requests = c.hour_requests
+        + (date_trunc('hour', rr.created_at, 'UTC') = c.hour_start)::integer,
+      day_requests = c.day_requests
+        + (date_trunc('day', rr.created_at, 'UTC') = c.day_start)::integer
+     where (i = 1 and c.subject_kind = 'account' and c.subject_id = rr.account_id)
+        or (i = 2 and c.subject_kind = 'key' and c.subject_id = rr.key_id);
+  end loop;
+
   -- Priced as admitted; an overrun is charged in full (the operator paid upstream for it).
   v_price := case when v_prices is null and v_dearest.model <> 'openrouter/auto' then v_dearest
                   else gateway.served_price(v_prices, v_dearest, p_model, v_mode) end;
@@ -369,6 +384,10 @@ begin
     )
     select b.balance, greatest(least(v_credits, b.held - b.balance), 0) into v_balance, v_overrun
       from b;
+    if rr.id is not null then
+      update gateway.key_counters c set requests_used = c.requests_used + 1
+       where c.key_id = rr.key_id;
+    end if;
     raise warning using message = format(
       'hold %s settled after it expired: %s credits charged late', p_hold_id, v_credits);
   else

@@ -6,7 +6,7 @@
 -- until a settle posts its charge.
 begin;
 \ir _helpers.sql
-select plan(35);
+select plan(37);
 
 select date_trunc('hour', now()) + interval '10 minutes 30 seconds' as t \gset
 
@@ -64,6 +64,12 @@ select is(gateway.settle_request(:released, '{"model": "test/model", "prompt_tok
           'a settle of a released reservation is charged late');
 select is((select row(status, settled_late, credits_charged)::text from gateway.usage_records
             where hold_id = :released), row('success', true, 7)::text, 'and recorded');
+select is((tests.account_requests(:'a', :'t'::timestamptz + interval '7 seconds')
+            ->> 'requests_this_minute')::int, 3,
+          'and counted again in the window the release took it out of (2 taken + this one)');
+select is((select requests_used::int from gateway.key_counters
+            where key_id = (:'a'::jsonb ->> 'key_id')::bigint), 3,
+          'and in the key''s requests_used: a request that ran never escapes the key''s cap');
 select is(gateway.settle_request(:released, '{"model": "test/model", "prompt_tokens": 3,
             "completion_tokens": 4, "settled_by": "usage"}'::jsonb) ->> 'reason', 'already_settled',
           'once');
