@@ -460,9 +460,12 @@ revoke execute on function gateway.settle_request(bigint, jsonb, timestamptz) fr
 grant execute on function gateway.settle_request(bigint, jsonb, timestamptz) to gateway_api;
 
 -- Many settles in one transaction, each by settle_request, in account order and an account's
--- zero-token settles last (no deadlock). An element that raises aborts the batch. A hold closed
--- before (expired, or a reserved admission the server released) is placed by its account too:
--- placed first, it locked its account's rows before a lower account's (40P01 with admissions).
+-- settles that take no counter row (zero tokens) last (no deadlock). An element that raises aborts
+-- the batch. A hold closed before (expired, or a reserved admission the server released) is
+-- placed by its account too: placed first, it locked its account's rows before a lower account's
+-- (40P01 with admissions). A released reservation's settle takes the counter rows even without
+-- tokens (it counts its request again): placed after a zero-token settle's balance lock, it
+-- waited for an admission that held the counter and waited for the balance (40P01).
 create or replace function gateway.settle_requests(
   p_batch jsonb,
   p_now timestamptz default now()
@@ -494,7 +497,12 @@ begin
                          where r.id = (b.v ->> 'hold_id')::bigint))
                 nulls first,
               coalesce((b.v ->> 'prompt_tokens')::bigint, 0) = 0
-                and coalesce((b.v ->> 'completion_tokens')::bigint, 0) = 0,
+                and coalesce((b.v ->> 'completion_tokens')::bigint, 0) = 0
+                and not (h.id is null
+                         and not exists (select from gateway.usage_records u
+                                          where u.hold_id = (b.v ->> 'hold_id')::bigint)
+                         and exists (select from gateway.released_reservations r
+                                      where r.id = (b.v ->> 'hold_id')::bigint)),
               b.ord
   loop
     f := gateway.usage_facts(e.v);

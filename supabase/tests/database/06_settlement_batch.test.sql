@@ -3,7 +3,7 @@
 -- charge, and settle_requests settles a batch with settle_request's semantics.
 begin;
 \ir _helpers.sql
-select plan(20);
+select plan(22);
 
 select tests.new_account(100000) as a \gset
 select tests.new_account(100000) as b \gset
@@ -112,6 +112,31 @@ select is(
   array[(:'lo'::jsonb ->> 'user_id')::bigint, (:'hi'::jsonb ->> 'user_id')::bigint],
   'a released reservation settles in its account''s order, not before every account');
 select ok(tests.ledger_ok(), 'every ledger still sums to its balance');
+
+-- Lock order: a released reservation's late settle counts its request again, so it takes its
+-- account's counter row even without tokens. Among an account's zero-token settles (made last, as
+-- they take only the balance row) it must come first: after another's balance lock, its counter
+-- lock waited on an admission holding the counter and waiting for the balance (40P01).
+select tests.new_account(100000) as zr \gset
+select tests.begin(:'zr'::jsonb ->> 'api_key', 10, 0) as zn \gset
+select gateway.reserve_admissions(
+  tests.h(:'zr'::jsonb ->> 'api_key'), null, null,
+  '{"models": ["test/model"], "prompt_bound": 0, "max_tokens": 10}', 1) -> 0 as zrr \gset
+select gateway.release_reserved_admissions(5, now() + interval '10 seconds') as released \gset
+select ok(exists (select from gateway.released_reservations r
+                   where r.id = (:'zrr'::jsonb ->> 'hold_id')::bigint),
+          'the reserved admission is released by the server');
+select gateway.settle_requests(jsonb_build_array(
+  jsonb_build_object('hold_id', (:'zn'::jsonb ->> 'hold_id')::bigint, 'prompt_tokens', 0,
+                     'completion_tokens', 0, 'web_search_requests', 1, 'settled_by', 'usage'),
+  jsonb_build_object('hold_id', (:'zrr'::jsonb ->> 'hold_id')::bigint, 'prompt_tokens', 0,
+                     'completion_tokens', 0, 'web_search_requests', 1, 'settled_by', 'usage'))) as zz \gset
+select is(
+  array(select l.hold_id from gateway.ledger l
+         where l.hold_id in ((:'zn'::jsonb ->> 'hold_id')::bigint, (:'zrr'::jsonb ->> 'hold_id')::bigint)
+         order by l.id),
+  array[(:'zrr'::jsonb ->> 'hold_id')::bigint, (:'zn'::jsonb ->> 'hold_id')::bigint],
+  'a released reservation''s zero-token settle (it takes the counter row) before the account''s other zero-token settles');
 
 select * from finish();
 rollback;
