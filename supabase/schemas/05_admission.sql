@@ -1186,6 +1186,23 @@ begin
   if cardinality(v_ids) = 0 then
     return 0;
   end if;
+  -- Lock order: the accounts' counter rows first (account order), then only the holds nobody else
+  -- has locked. A hold being settled is that settle's: taken first, this held it and waited for the
+  -- counter row that a settle_requests batch held since an earlier settle of the same account, while
+  -- the batch waited for the hold (40P01).
+  perform from gateway.rate_counters c
+    where c.subject_kind = 'account'
+      and c.subject_id in (select h.account_id from gateway.holds h where h.id = any(v_ids))
+    order by c.subject_id
+      for update;
+  v_ids := array(
+    select h.id from gateway.holds h
+     where h.id = any(v_ids) and h.reserved
+     order by h.id
+       for update skip locked);
+  if cardinality(v_ids) = 0 then
+    return 0;
+  end if;
   insert into gateway.released_reservations
   select h.*, p_now from gateway.holds h where h.id = any(v_ids)
   on conflict (id) do nothing;
