@@ -1176,7 +1176,9 @@ set search_path = ''
 as $$
 declare
   v_ids bigint[];
-  v_count integer;
+  v_account bigint;
+  v_mine bigint[];
+  v_count integer := 0;
 begin
   delete from gateway.released_reservations r where r.released_at < p_now - interval '1 day';
   v_ids := array(
@@ -1186,27 +1188,27 @@ begin
   if cardinality(v_ids) = 0 then
     return 0;
   end if;
-  -- Lock order: the accounts' counter rows first (account order), then only the holds nobody else
-  -- has locked. A hold being settled is that settle's: taken first, this held it and waited for the
-  -- counter row that a settle_requests batch held since an earlier settle of the same account, while
-  -- the batch waited for the hold (40P01).
-  perform from gateway.rate_counters c
-    where c.subject_kind = 'account'
-      and c.subject_id in (select h.account_id from gateway.holds h where h.id = any(v_ids))
-    order by c.subject_id
-      for update;
-  v_ids := array(
-    select h.id from gateway.holds h
-     where h.id = any(v_ids) and h.reserved
-     order by h.id
-       for update skip locked);
-  if cardinality(v_ids) = 0 then
-    return 0;
-  end if;
-  insert into gateway.released_reservations
-  select h.*, p_now from gateway.holds h where h.id = any(v_ids)
-  on conflict (id) do nothing;
-  v_count := gateway.cancel_admissions(v_ids);
+  -- Account by account in id order; within one, its counter row first, then only its holds nobody
+  -- else has locked. A hold being settled is that settle's: taken first (cancel_admissions' order),
+  -- the release held it and waited for the counter row a settle_requests batch held since an
+  -- earlier settle of the account, while the batch waited for the hold (40P01).
+  for v_account in
+    select distinct h.account_id from gateway.holds h where h.id = any(v_ids) order by 1
+  loop
+    perform from gateway.rate_counters c
+      where c.subject_kind = 'account' and c.subject_id = v_account
+        for update;
+    v_mine := array(
+      select h.id from gateway.holds h
+       where h.id = any(v_ids) and h.account_id = v_account and h.reserved
+       order by h.id
+         for update skip locked);
+    continue when cardinality(v_mine) = 0;
+    insert into gateway.released_reservations
+    select h.*, p_now from gateway.holds h where h.id = any(v_mine)
+    on conflict (id) do nothing;
+    v_count := v_count + gateway.cancel_admissions(v_mine);
+  end loop;
   -- Noted or closed meanwhile (cancel_admissions skips those): not released.
   delete from gateway.released_reservations r
    where r.id = any(v_ids) and exists (select from gateway.holds h where h.id = r.id);
