@@ -486,23 +486,20 @@ begin
       message = 'p_batch must be a JSON array of settle_request arguments';
   end if;
   v_results := array_fill(null::jsonb, array[jsonb_array_length(p_batch)]);
+  -- Where each hold is now: open (h), closed with a usage record (u: an expired one settles late),
+  -- or a released reservation's copy (r: settles late and counts its request again, so it takes
+  -- the counter rows even without tokens).
   for e in
     select b.ord, b.v
       from jsonb_array_elements(p_batch) with ordinality b (v, ord)
-      left join gateway.holds h on h.id = (b.v ->> 'hold_id')::bigint
-     order by coalesce(h.account_id,
-                       (select u.account_id from gateway.usage_records u
-                         where u.hold_id = (b.v ->> 'hold_id')::bigint and u.status = 'expired'),
-                       (select r.account_id from gateway.released_reservations r
-                         where r.id = (b.v ->> 'hold_id')::bigint))
-                nulls first,
+      cross join lateral (select (b.v ->> 'hold_id')::bigint as id) i
+      left join gateway.holds h on h.id = i.id
+      left join gateway.usage_records u on h.id is null and u.hold_id = i.id
+      left join gateway.released_reservations r on h.id is null and u.hold_id is null and r.id = i.id
+     order by coalesce(h.account_id, case when u.status = 'expired' then u.account_id end,
+                       r.account_id) nulls first,
               coalesce((b.v ->> 'prompt_tokens')::bigint, 0) = 0
-                and coalesce((b.v ->> 'completion_tokens')::bigint, 0) = 0
-                and not (h.id is null
-                         and not exists (select from gateway.usage_records u
-                                          where u.hold_id = (b.v ->> 'hold_id')::bigint)
-                         and exists (select from gateway.released_reservations r
-                                      where r.id = (b.v ->> 'hold_id')::bigint)),
+                and coalesce((b.v ->> 'completion_tokens')::bigint, 0) = 0 and r.id is null,
               b.ord
   loop
     f := gateway.usage_facts(e.v);
