@@ -1,7 +1,7 @@
 // The shapes a chat request's hold takes on its way (docs/SQL-API.md, "The request path"): what
-// admission answers (a hold or a refusal), and the usage a hold is settled with. Types only, and the
-// one rounding rule every settle applies: every step of the request path imports this, it imports
-// nothing.
+// admission answers (a hold or a refusal; a reservation's in compact form), and the usage a hold is
+// settled with. Types, the one rounding rule every settle applies and the one reading of a compact
+// answer: every step of the request path imports this, it imports nothing.
 
 interface Window {
   limit: number | null
@@ -80,6 +80,46 @@ export interface Refusal {
 }
 
 export type BeginResult = ({ ok: true } & Hold) | Refusal
+
+/**
+ * A context's answer as reserve_admissions_batch gives it (gateway.reserve): the first admission's
+ * answer in full, and of the others only what differs from it, by column.
+ */
+export interface Compact {
+  first: BeginResult
+  more?: {
+    hold_ids: number[]
+    held_credits: number[]
+    max_tokens: number[]
+    available_credits: number[]
+  }
+}
+
+/**
+ * The admissions a compact answer stands for, as gateway.reserved_answers spells them out in SQL
+ * (supabase/tests/http/reservations.test.ts checks that the two agree): the (i+1)-th is the first
+ * but for its hold, credits and max_tokens, and i fewer requests remaining when that window has a
+ * limit. They share the first's pricing object: it is read, never written.
+ */
+export function spelledOut({ first, more }: Compact): BeginResult[] {
+  const answers: BeginResult[] = [first]
+  if (!first.ok || !more) return answers
+  const remaining = first.limits?.requests?.remaining
+  for (let i = 0; i < more.hold_ids.length; i++) {
+    answers.push({
+      ...first,
+      hold_id: more.hold_ids[i],
+      held_credits: more.held_credits[i],
+      max_tokens: more.max_tokens[i],
+      available_credits: more.available_credits[i],
+      limits: remaining == null ? first.limits : {
+        ...first.limits,
+        requests: { ...first.limits!.requests!, remaining: remaining - i - 1 },
+      },
+    })
+  }
+  return answers
+}
 
 /**
  * How a settle knows what was generated:

@@ -28,7 +28,7 @@ import { Batcher } from './batcher.ts'
 import { call, onAdmissionChange } from './db.ts'
 import type { RequestFacts } from './chat-request.ts'
 import * as notes from './open-holds.ts'
-import type { BeginResult, Hold } from './hold.ts'
+import { type BeginResult, type Compact, type Hold, spelledOut } from './hold.ts'
 import type { Caller } from './identity.ts'
 import { log } from './log.ts'
 
@@ -80,23 +80,15 @@ const reservations = new Batcher<Reservation, BeginResult[]>({
   maxCalls: 1,
   maxBatch: 8,
   call: (batch) =>
-    batch.length === 1
-      ? call<BeginResult[]>('reserve_admissions', [
-        batch[0].who.keyHash,
-        batch[0].who.ip,
-        batch[0].who.referrer,
-        { ...batch[0].facts },
-        batch[0].count,
-      ]).then((r) => [r])
-      : call<BeginResult[][]>('reserve_admissions_batch', [
-        batch.map((r) => ({
-          key_hash: toHex(r.who.keyHash),
-          client_ip: r.who.ip,
-          referrer: r.who.referrer,
-          count: r.count,
-          ...r.facts,
-        })),
-      ]),
+    call<Compact[]>('reserve_admissions_batch', [
+      batch.map((r) => ({
+        key_hash: toHex(r.who.keyHash),
+        client_ip: r.who.ip,
+        referrer: r.who.referrer,
+        count: r.count,
+        ...r.facts,
+      })),
+    ]).then((answers) => answers.map(spelledOut)),
 })
 
 const pools = new Map<string, Pool>()

@@ -1,9 +1,10 @@
 -- gateway.reserve_admissions_batch: the reservations of many contexts in one call, each by
--- reserve_admissions itself, answered in the order given, made in account order; an element that
--- raises aborts the batch.
+-- reserve_admissions' own code, answered in the order given in the compact form that
+-- gateway.reserved_answers spells out, made in account order; an element that raises aborts the
+-- batch.
 begin;
 \ir _helpers.sql
-select plan(24);
+select plan(28);
 
 -- One element of a batch, as the edge function sends it (the key's hash as hex).
 create function tests.item(
@@ -38,6 +39,10 @@ as $$
     p_count, p_now);
 $$;
 
+-- A batch element's answer spelled out (reserve_admissions' array).
+create function tests.full(p_answer jsonb) returns jsonb
+language sql as $$ select gateway.reserved_answers(p_answer) $$;
+
 -- An answer without what differs between twin accounts.
 create function tests.strip(p_answers jsonb) returns jsonb
 language sql as $$
@@ -61,12 +66,21 @@ select tests.reserve(:'x2k', 6, 10, 0, :'t') as rx2 \gset
 select gateway.reserve_admissions_batch(
   jsonb_build_array(tests.item(:'y1k', 5, 100, 10), tests.item(:'y2k', 6, 10, 0)), :'t') as b \gset
 select is(jsonb_array_length(:'b'::jsonb), 2, 'one answer per element');
-select is(tests.strip(:'b'::jsonb -> 0), tests.strip(:'rx1'::jsonb),
+select is(tests.strip(tests.full(:'b'::jsonb -> 0)), tests.strip(:'rx1'::jsonb),
           'the first element gets what reserve_admissions gives (5 admissions, their limits, pricing)');
-select is(tests.strip(:'b'::jsonb -> 1), tests.strip(:'rx2'::jsonb),
+select is(tests.strip(tests.full(:'b'::jsonb -> 1)), tests.strip(:'rx2'::jsonb),
           'the second too: as many as its credits afford');
-select is(array(select e ->> 'max_tokens' from jsonb_array_elements(:'b'::jsonb -> 1) e),
+select is(array(select e ->> 'max_tokens' from jsonb_array_elements(tests.full(:'b'::jsonb -> 1)) e),
           array['10', '10', '10', '5'], 'credits for 3.5 requests: three in full, one cut down');
+select is(array(select jsonb_object_keys(:'b'::jsonb -> 0) order by 1), array['first', 'more'],
+          'an answer is compact: the first admission in full, the others apart');
+select is(:'b'::jsonb #> '{0,more,max_tokens}', '[100, 100, 100, 100]'::jsonb,
+          'the others by column: four more after the first');
+select is(array(select jsonb_array_length(:'b'::jsonb #> array['0', 'more', c])
+                  from unnest(array['hold_ids', 'held_credits', 'available_credits']) c),
+          array[4, 4, 4], 'every column has one element per admission after the first');
+select ok(length((:'b'::jsonb -> 0)::text) * 3 < length(:'rx1'::text),
+          'and it is a fraction of the full answers (no pricing repeated)');
 select is(array[tests.held(:'y1'), tests.held(:'y2')], array[tests.held(:'x1'), tests.held(:'x2')],
           'the batch holds what the single calls hold');
 select is(array[tests.account_requests(:'y1', :'t'), tests.account_requests(:'y2', :'t')],
@@ -85,12 +99,12 @@ select :'a'::jsonb ->> 'api_key' as ak, :'c'::jsonb ->> 'api_key' as ck,
 select gateway.reserve_admissions_batch(
   jsonb_build_array(tests.item(:'ck', 2, 21), tests.item(:'ak', 3, 22)), :'t') as m \gset
 select ok(:aid < :cid, 'a''s account id is below c''s');
-select is(array(select (e -> 0 ->> 'user_id')::bigint from jsonb_array_elements(:'m'::jsonb) e),
+select is(array(select (e #>> '{first,user_id}')::bigint from jsonb_array_elements(:'m'::jsonb) e),
           array[:cid, :aid]::bigint[], 'answers come back in the order given');
-select is(array(select e -> 0 ->> 'max_tokens' from jsonb_array_elements(:'m'::jsonb) e),
+select is(array(select e #>> '{first,max_tokens}' from jsonb_array_elements(:'m'::jsonb) e),
           array['21', '22'], 'each answer belongs to its element');
-select ok((select max((e ->> 'hold_id')::bigint) from jsonb_array_elements(:'m'::jsonb -> 1) e)
-          < (select min((e ->> 'hold_id')::bigint) from jsonb_array_elements(:'m'::jsonb -> 0) e),
+select ok((select max((e ->> 'hold_id')::bigint) from jsonb_array_elements(tests.full(:'m'::jsonb -> 1)) e)
+          < (select min((e ->> 'hold_id')::bigint) from jsonb_array_elements(tests.full(:'m'::jsonb -> 0)) e),
           'a''s holds were made before c''s: account order');
 
 -- A refusal refuses only its element ------------------------------------------------------------------
@@ -100,11 +114,11 @@ select from gateway.set_rate_limits((:'r'::jsonb ->> 'user_id')::bigint, '{"requ
 select tests.held(:'a') as a_held \gset
 select gateway.reserve_admissions_batch(jsonb_build_array(
   tests.item('gw_live_not_a_key', 4), tests.item(:'rk', 5), tests.item(:'ak', 4, 7)), :'t') as k \gset
-select is(:'k'::jsonb -> 0, jsonb_build_array(jsonb_build_object(
+select is(:'k'::jsonb -> 0, jsonb_build_object('first', jsonb_build_object(
             'ok', false, 'reason', 'invalid_api_key',
             'message', gateway.refusal_message('invalid_api_key'))),
-          'an unknown key is refused, alone');
-select is(array(select coalesce(e ->> 'reason', 'ok') from jsonb_array_elements(:'k'::jsonb -> 1) e),
+          'an unknown key is refused, alone (a refusal has nothing more)');
+select is(array(select coalesce(e ->> 'reason', 'ok') from jsonb_array_elements(tests.full(:'k'::jsonb -> 1)) e),
           array['ok', 'ok'], 'a limit of 2 a minute: two of the five reserved');
 select is((tests.account_requests(:'r', :'t') ->> 'requests_this_minute')::int, 2,
           'and counted: the window is at its limit');

@@ -13,6 +13,7 @@ import { balance, newAccount, setRateLimits, settled } from '../lib/accounts.ts'
 import { api, call, chat } from '../lib/http.ts'
 import { startFunctions } from '../lib/procs.ts'
 import { db, GATEWAY_URL, test, waitFor } from '../lib/stack.ts'
+import { type Compact, spelledOut } from '../../functions/gateway/hold.ts'
 
 /** Sequential requests (a client at concurrency 1); every status. */
 async function burst(key: string, n: number, body: Record<string, unknown> = {}) {
@@ -84,6 +85,45 @@ async function counts(userId: number, keyId: number) {
              where account_id = ${userId})::int as admissions_times`
   return r as { used: number; day: number; records: number; admissions_times: number }
 }
+
+test('a batch answers compactly, and the function spells it out as gateway.reserved_answers does', async () => {
+  const [plain, limited] = [await newAccount(100_000), await newAccount(100_000)]
+  await setRateLimits(limited.userId, { requests_per_minute: 50 })
+  const item = (key: string, count: number, maxTokens: number) => ({
+    key_hash: key,
+    client_ip: '203.0.113.9',
+    referrer: null,
+    count,
+    models: ['openai/gpt-4o-mini'],
+    prompt_bound: 40,
+    max_tokens: maxTokens,
+  })
+  class Rollback {}
+  await db().begin(async (tx) => {
+    const hex = async (key: string) =>
+      (await tx`select encode(gateway.hash_key(${key}), 'hex') as h`)[0].h as string
+    const batch = [
+      item(await hex(plain.key), 12, 30),
+      item(await hex(limited.key), 7, 20),
+      item(await hex(`gw_live_${'x'.repeat(28)}`), 4, 10),
+    ]
+    const [{ r }] = await tx`select gateway.reserve_admissions_batch(${tx.json(batch)}) as r`
+    const answers = r as Compact[]
+    assert.equal(answers.length, 3)
+    assert.equal(answers[0].more?.hold_ids.length, 11, 'eleven after the first')
+    assert.equal(answers[1].more?.hold_ids.length, 6)
+    assert.equal(answers[2].first.ok, false, 'an unknown key is refused')
+    for (const a of answers) {
+      const [{ full }] = await tx`select gateway.reserved_answers(${tx.json(a as never)}) as full`
+      assert.deepEqual(spelledOut(a), full)
+    }
+    const limits = spelledOut(answers[1]).map((x) => x.ok && x.limits?.requests?.remaining)
+    assert.deepEqual(limits, [49, 48, 47, 46, 45, 44, 43], 'one fewer request remaining each')
+    throw new Rollback()
+  }).catch((err) => {
+    if (!(err instanceof Rollback)) throw err
+  })
+})
 
 test('a busy key is admitted ahead; every request counted and charged once, the rest given back', async () => {
   const n = 40
