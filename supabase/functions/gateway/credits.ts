@@ -33,6 +33,21 @@ export function dec(text: string): Dec {
 
 const int = (i: number | bigint): Dec => ({ n: BigInt(i), s: 0 })
 
+// Prices and usd_per_credit are a handful of texts, met on every request (reserved holds share one
+// pricing object): each is parsed once. Dec values are never modified (add and mul make new ones).
+const known = new Map<string, Dec>()
+
+/** `dec` of a price's text, remembered (a charge parsed its prices' texts on every request). */
+function priceDec(text: string): Dec {
+  let d = known.get(text)
+  if (d === undefined) {
+    if (known.size >= 10_000) known.clear()
+    d = dec(text)
+    known.set(text, d)
+  }
+  return d
+}
+
 function scaled(a: Dec, s: number): bigint {
   return a.n * 10n ** BigInt(s - a.s)
 }
@@ -127,8 +142,8 @@ export function chargeAt(price: Price, usdPerCredit: string, usage: ChargeUsage)
   const cached = min(count(usage.cached_tokens), prompt)
   const write = min(count(usage.cache_write_tokens), prompt - cached)
   const reasoning = min(count(usage.reasoning_tokens), completion)
-  const p = (name: keyof Price) => dec(price[name] as string)
-  const upc = dec(usdPerCredit)
+  const p = (name: keyof Price) => priceDec(price[name] as string)
+  const upc = priceDec(usdPerCredit)
 
   const fees = add(
     p('request'),
@@ -172,7 +187,7 @@ export function chargeFor(pricing: Pricing, usage: ChargeUsage): Charge | undefi
 
 /** What `credits` cost the client in USD: credits × usd_per_credit, exact decimal text. */
 export function creditsUsd(credits: number, usdPerCredit: string): string {
-  return decText(mul(int(credits), dec(usdPerCredit)))
+  return decText(mul(int(credits), priceDec(usdPerCredit)))
 }
 
 /** Whether a ≥ b, for decimal texts (tests and checks). */

@@ -121,7 +121,16 @@ export function settle(
   usage: Usage,
   logged = false,
 ): Promise<Settlement | undefined> {
-  const reported = charge(hold, usage)?.credits
+  return settleReported(hold, usage, charge(hold, usage)?.credits, logged)
+}
+
+/** `settle`, given what the response reports it charges (`charge(hold, usage)`). */
+function settleReported(
+  hold: Hold,
+  usage: Usage,
+  reported: number | undefined,
+  logged: boolean,
+): Promise<Settlement | undefined> {
   if (reported !== undefined) reservations.charged(hold, reported)
   return inBackground(
     (async () => {
@@ -191,8 +200,8 @@ export async function reportedCharge(
   usage: Usage,
   logged = false,
 ): Promise<ReportedCharge | undefined> {
-  const settling = settle(hold, usage, logged)
   const known = charge(hold, usage)
+  const settling = settleReported(hold, usage, known?.credits, logged)
   if (known) return known
   let timer: ReturnType<typeof setTimeout> | undefined
   const s = await Promise.race([
