@@ -235,7 +235,7 @@ async function forward(
   }
   const gatewayUsage = gatewayUsageJson(reported, settled, hold.key_prefix)
   const out = appendMember(
-    withClientUsage(text, read.usage, reported?.usd ?? null),
+    withClientUsage(text, read.usage, reported?.usd ?? null, read.at),
     'gateway_usage',
     gatewayUsage,
   )

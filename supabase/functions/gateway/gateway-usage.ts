@@ -168,29 +168,39 @@ function memberValue(objectJson: string, name: string): { start: number; end: nu
   return { start: colon + 1, end: m.end }
 }
 
+/** Where a usage member's value is in its completion's or chunk's JSON text. */
+export interface UsageAt {
+  start: number
+  end: number
+}
+
 /**
  * The usage object of a completion's or a chunk's JSON text (JSON.parse has accepted it), with its
- * cost's exact text; undefined when it has none.
+ * cost's exact text and where it is (for withClientUsage: the text is scanned once); undefined
+ * when it has none.
  */
 export function readUsage(
   objectJson: string,
-): { usage: UpstreamUsage; costText: string | null } | undefined {
-  const m = usageMember(objectJson)
-  if (!m) return undefined
-  const parsed = parseUsage(objectJson.slice(m.start, m.end))
+): { usage: UpstreamUsage; costText: string | null; at: UsageAt } | undefined {
+  const at = usageMember(objectJson)
+  if (!at) return undefined
+  const parsed = parseUsage(objectJson.slice(at.start, at.end))
   const u = parsed.usage as unknown
-  return u !== null && typeof u === 'object' && !Array.isArray(u) ? parsed : undefined
+  return u !== null && typeof u === 'object' && !Array.isArray(u) ? { ...parsed, at } : undefined
 }
 
-/** The completion's or chunk's JSON text with its `usage` rewritten for the client (clientUsageJson). */
+/**
+ * The completion's or chunk's JSON text with its `usage` rewritten for the client
+ * (clientUsageJson); `at`: where readUsage found the usage in this same text.
+ */
 export function withClientUsage(
   objectJson: string,
   usage: UpstreamUsage,
   usd: string | null,
+  at: UsageAt | undefined = usageMember(objectJson),
 ): string {
-  const m = usageMember(objectJson)
-  if (!m) return objectJson
-  return `${objectJson.slice(0, m.start)}${clientUsageJson(usage, usd)}${objectJson.slice(m.end)}`
+  if (!at) return objectJson
+  return `${objectJson.slice(0, at.start)}${clientUsageJson(usage, usd)}${objectJson.slice(at.end)}`
 }
 
 /** Inserts `"name": valueJson` as the last member of the JSON object text `objectJson`. */

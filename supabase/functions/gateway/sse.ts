@@ -274,7 +274,7 @@ export class MeteredStream extends UpstreamEvents {
     // (unless only the settle can know it: reportedCharge).
     const reported = await reportedCharge(this.#meta.hold, settled)
     const gatewayUsage = gatewayUsageJson(reported, settled, this.#meta.hold.key_prefix)
-    const chunk = withClientUsage(this.usageData, read.usage, reported?.usd ?? null)
+    const chunk = withClientUsage(this.usageData, read.usage, reported?.usd ?? null, read.at)
     this.#close(c, `${tail}data: ${appendMember(chunk, 'gateway_usage', gatewayUsage)}\n\n${DONE}`)
   }
 
