@@ -5,7 +5,7 @@
 // client pays, and the `gateway_usage` member.
 
 import { topLevelMembers } from './json-text.ts'
-import { chargeFor, creditsUsd } from './credits.ts'
+import { chargeFor, creditsUsd, decAtLeast } from './credits.ts'
 import { chargedCounts, type Hold, tokens, type Usage } from './hold.ts'
 
 /** Upstream's usage object, as far as billing reads it (OpenRouter's ChatUsage). */
@@ -81,11 +81,16 @@ export function parseWithSources(
   }
 }
 
-const DECIMAL_TEXT = /^\d+(\.\d+)?([eE][-+]?\d+)?$/
+// DUPLICATE of gateway.usage_facts' check of `cost` (supabase/schemas/06_settlement.sql): a cost it
+// refuses fails the whole settle (the hold stays open until the sweeper, and the response would
+// report a charge nobody made), so such a cost is settled as unknown, priced from the hold.
+// supabase/tests/http/hostile-usage.test.ts sends upstream costs on both sides of it.
+const COST_TEXT = /^[0-9]{1,7}(\.[0-9]{0,30})?([eE][-+]?[0-9]{1,2})?$/
+const COST_LIMIT_USD = '1000000'
 
 /** A cost's source text when it is a non-negative decimal settle_request takes; else null. */
 export function costText(text: string | null): string | null {
-  return text !== null && DECIMAL_TEXT.test(text) ? text : null
+  return text !== null && COST_TEXT.test(text) && !decAtLeast(text, COST_LIMIT_USD) ? text : null
 }
 
 const count = (n: unknown): number | undefined =>
