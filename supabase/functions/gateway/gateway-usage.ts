@@ -157,9 +157,16 @@ export function clientUsageJson(usage: UpstreamUsage, usd: string | null): strin
   return usd === null ? json : json.replace(COST, usd)
 }
 
-/** The `usage` member of a completion's or a chunk's JSON text: where its value is, and the value. */
-function usageMember(objectJson: string): { start: number; end: number } | undefined {
-  return memberValue(objectJson, 'usage')
+/**
+ * The `usage` member of a completion's or a chunk's JSON text: where its value is (the last's, as
+ * JSON.parse keeps the last), and where the values of the others are when upstream named it twice.
+ */
+function usageMember(objectJson: string): UsageAt | undefined {
+  const all = topLevelMembers(objectJson).filter((x) => x.name === 'usage')
+  if (all.length === 0) return undefined
+  const values = all.map((m) => valueAt(objectJson, m))
+  const last = values.pop()!
+  return values.length === 0 ? last : { ...last, earlier: values }
 }
 
 /**
@@ -168,7 +175,14 @@ function usageMember(objectJson: string): { start: number; end: number } | undef
  */
 function memberValue(objectJson: string, name: string): { start: number; end: number } | undefined {
   const m = topLevelMembers(objectJson).findLast((x) => x.name === name)
-  if (!m) return undefined
+  return m && valueAt(objectJson, m)
+}
+
+/** Where a member's value is in its object's JSON text, blanks before it included. */
+function valueAt(
+  objectJson: string,
+  m: { start: number; end: number },
+): { start: number; end: number } {
   const colon = objectJson.indexOf(':', objectJson.indexOf('"', m.start + 1) + 1)
   return { start: colon + 1, end: m.end }
 }
@@ -177,6 +191,11 @@ function memberValue(objectJson: string, name: string): { start: number; end: nu
 export interface UsageAt {
   start: number
   end: number
+  /**
+   * The values of the `usage` members before it, when upstream named it more than once: rewritten
+   * alike (left as they were, upstream's cost in them was there for the client to read).
+   */
+  earlier?: { start: number; end: number }[]
 }
 
 /**
@@ -205,7 +224,15 @@ export function withClientUsage(
   at: UsageAt | undefined = usageMember(objectJson),
 ): string {
   if (!at) return objectJson
-  return `${objectJson.slice(0, at.start)}${clientUsageJson(usage, usd)}${objectJson.slice(at.end)}`
+  const client = clientUsageJson(usage, usd)
+  if (!at.earlier) return `${objectJson.slice(0, at.start)}${client}${objectJson.slice(at.end)}`
+  let out = ''
+  let from = 0
+  for (const v of [...at.earlier, at]) {
+    out += `${objectJson.slice(from, v.start)}${client}`
+    from = v.end
+  }
+  return out + objectJson.slice(from)
 }
 
 /** Inserts `"name": valueJson` as the last member of the JSON object text `objectJson`. */

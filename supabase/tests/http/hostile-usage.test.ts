@@ -111,3 +111,31 @@ test('a cost settle_request does not take: settled all the same, the charge repo
     }
   })
 })
+
+// JSON.parse keeps the last of a name given twice, and so do the charge and the rewrite: an earlier
+// `usage` stayed in the text as upstream sent it, its cost for any client (or reader of the raw
+// text, or a parser that keeps the first) to see.
+test("usage named twice by upstream: neither shows upstream's cost, the charge is SQL's", async () => {
+  let reply = ''
+  const up = craftedUpstream(() => reply)
+  await withGateway(up, async (gw) => {
+    const first = '{"prompt_tokens":900,"completion_tokens":900,"cost":0.123456}'
+    const last = '{"prompt_tokens":5,"completion_tokens":3,"cost":0.000777}'
+    for (const stream of [false, true]) {
+      reply = stream
+        ? sse(DELTA, usageChunk(last, `"usage" :\ndata:  ${first}\ndata: ,`))
+        : completion(last, `"usage":${first}, `)
+      const a = await newAccount(1_000_000, 'hostile-dup')
+      const r = await gw('/v1/chat/completions', { key: a.key, body: { ...BODY, stream } })
+      assert.equal(r.status, 200, r.text)
+      for (const leak of ['0.123456', '0.000777', '900']) {
+        assert.ok(!r.text.includes(leak), `${stream ? 'stream' : 'json'}: ${leak} in ${r.text}`)
+      }
+      const rec = await settled(a.userId, 1, 10_000)
+      const doc = finalUsage(stream, r.text)
+      assert.equal(doc.gateway_usage.credits_charged, rec.credits_charged)
+      assert.equal(rec.prompt_tokens, 5)
+      assert.equal(doc.usage.prompt_tokens, 5)
+    }
+  })
+})
