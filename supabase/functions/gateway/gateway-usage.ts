@@ -5,7 +5,7 @@
 // client pays, and the `gateway_usage` member.
 
 import { topLevelMembers } from './json-text.ts'
-import { chargeFor, creditsUsd } from './credits.ts'
+import { chargeFor, creditsUsd, decAtLeast } from './credits.ts'
 import { chargedCounts, type Hold, tokens, type Usage } from './hold.ts'
 
 /** Upstream's usage object, as far as billing reads it (OpenRouter's ChatUsage). */
@@ -81,11 +81,16 @@ export function parseWithSources(
   }
 }
 
-const DECIMAL_TEXT = /^\d+(\.\d+)?([eE][-+]?\d+)?$/
+// DUPLICATE of gateway.usage_facts' check of `cost` (supabase/schemas/06_settlement.sql): a cost it
+// refuses fails the whole settle (the hold stays open until the sweeper, and the response would
+// report a charge nobody made), so such a cost is settled as unknown, priced from the hold.
+// supabase/tests/http/hostile-usage.test.ts sends upstream costs on both sides of it.
+const COST_TEXT = /^[0-9]{1,7}(\.[0-9]{0,30})?([eE][-+]?[0-9]{1,2})?$/
+const COST_LIMIT_USD = '1000000'
 
 /** A cost's source text when it is a non-negative decimal settle_request takes; else null. */
 export function costText(text: string | null): string | null {
-  return text !== null && DECIMAL_TEXT.test(text) ? text : null
+  return text !== null && COST_TEXT.test(text) && !decAtLeast(text, COST_LIMIT_USD) ? text : null
 }
 
 const count = (n: unknown): number | undefined =>
@@ -152,9 +157,16 @@ export function clientUsageJson(usage: UpstreamUsage, usd: string | null): strin
   return usd === null ? json : json.replace(COST, usd)
 }
 
-/** The `usage` member of a completion's or a chunk's JSON text: where its value is, and the value. */
-function usageMember(objectJson: string): { start: number; end: number } | undefined {
-  return memberValue(objectJson, 'usage')
+/**
+ * The `usage` member of a completion's or a chunk's JSON text: where its value is (the last's, as
+ * JSON.parse keeps the last), and where the values of the others are when upstream named it twice.
+ */
+function usageMember(objectJson: string): UsageAt | undefined {
+  const all = topLevelMembers(objectJson).filter((x) => x.name === 'usage')
+  if (all.length === 0) return undefined
+  const values = all.map((m) => valueAt(objectJson, m))
+  const last = values.pop()!
+  return values.length === 0 ? last : { ...last, earlier: values }
 }
 
 /**
@@ -163,7 +175,14 @@ function usageMember(objectJson: string): { start: number; end: number } | undef
  */
 function memberValue(objectJson: string, name: string): { start: number; end: number } | undefined {
   const m = topLevelMembers(objectJson).findLast((x) => x.name === name)
-  if (!m) return undefined
+  return m && valueAt(objectJson, m)
+}
+
+/** Where a member's value is in its object's JSON text, blanks before it included. */
+function valueAt(
+  objectJson: string,
+  m: { start: number; end: number },
+): { start: number; end: number } {
   const colon = objectJson.indexOf(':', objectJson.indexOf('"', m.start + 1) + 1)
   return { start: colon + 1, end: m.end }
 }
@@ -172,6 +191,11 @@ function memberValue(objectJson: string, name: string): { start: number; end: nu
 export interface UsageAt {
   start: number
   end: number
+  /**
+   * The values of the `usage` members before it, when upstream named it more than once: rewritten
+   * alike (left as they were, upstream's cost in them was there for the client to read).
+   */
+  earlier?: { start: number; end: number }[]
 }
 
 /**
@@ -200,7 +224,15 @@ export function withClientUsage(
   at: UsageAt | undefined = usageMember(objectJson),
 ): string {
   if (!at) return objectJson
-  return `${objectJson.slice(0, at.start)}${clientUsageJson(usage, usd)}${objectJson.slice(at.end)}`
+  const client = clientUsageJson(usage, usd)
+  if (!at.earlier) return `${objectJson.slice(0, at.start)}${client}${objectJson.slice(at.end)}`
+  let out = ''
+  let from = 0
+  for (const v of [...at.earlier, at]) {
+    out += `${objectJson.slice(from, v.start)}${client}`
+    from = v.end
+  }
+  return out + objectJson.slice(from)
 }
 
 /** Inserts `"name": valueJson` as the last member of the JSON object text `objectJson`. */

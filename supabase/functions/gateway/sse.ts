@@ -275,7 +275,10 @@ export class MeteredStream extends UpstreamEvents {
     const reported = await reportedCharge(this.#meta.hold, settled)
     const gatewayUsage = gatewayUsageJson(reported, settled, this.#meta.hold.key_prefix)
     const chunk = withClientUsage(this.usageData, read.usage, reported?.usd ?? null, read.at)
-    this.#close(c, `${tail}data: ${appendMember(chunk, 'gateway_usage', gatewayUsage)}\n\n${DONE}`)
+    // Upstream may have sent the chunk over several data lines (its text then has line breaks,
+    // blanks between JSON tokens): each line goes out as a data line of its own, as SSE frames it.
+    const data = appendMember(chunk, 'gateway_usage', gatewayUsage).replaceAll('\n', '\ndata: ')
+    this.#close(c, `${tail}data: ${data}\n\n${DONE}`)
   }
 
   /** Upstream broke (cut, malformed, idle): tell the client in-stream, settle what is known. */
