@@ -21,7 +21,8 @@ create table gateway.system_settings (
     check (max_rotation_grace_seconds >= 0),
   models_cache_ttl_seconds integer not null default 3600 check (models_cache_ttl_seconds >= 0),
   idempotency_ttl_seconds integer not null default 86400 check (idempotency_ttl_seconds >= 60),
-  usd_per_credit numeric not null default 0.00002 check (usd_per_credit > 0),
+  usd_per_credit numeric not null default 0.00002
+    check (usd_per_credit > 0 and usd_per_credit < 'Infinity'),
   updated_at timestamptz not null default now(),
   pricing_mode text not null default 'flat' check (pricing_mode in ('flat', 'cost')),
   markup_percent numeric not null default 0
@@ -30,7 +31,8 @@ create table gateway.system_settings (
   audio_part_tokens integer not null default 20000 check (audio_part_tokens >= 0),
   file_part_tokens integer not null default 50000 check (file_part_tokens >= 0),
   web_result_tokens integer not null default 2000 check (web_result_tokens >= 0),
-  web_result_usd numeric not null default 0.007 check (web_result_usd >= 0),
+  web_result_usd numeric not null default 0.007
+    check (web_result_usd >= 0 and web_result_usd < 'Infinity'),
   refuse_unprofitable_models boolean not null default false,
   registrations_per_hour integer not null default 100 check (registrations_per_hour >= 0),
   registration_ipv4_prefix integer not null default 24 check (registration_ipv4_prefix between 8 and 32),

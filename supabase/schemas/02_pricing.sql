@@ -27,18 +27,21 @@ create type gateway.model_price as (
 comment on type gateway.model_price is
   'The prices a hold keeps for one candidate model (or the dearest of them); see gateway.charge.';
 
--- The upstream catalog, priced; a model absent from it is unknown.
+-- The upstream catalog, priced; a model absent from it is unknown. Prices are finite: numeric
+-- takes 'NaN' and 'Infinity', and Postgres orders NaN above every number, so `>= 0` alone let an
+-- operator's NaN through to holds that charge nothing or fail their settle (`< 'Infinity'` keeps
+-- out both).
 create table gateway.model_catalog (
   model text primary key,
   canonical_slug text,
-  prompt numeric not null check (prompt >= 0),
-  completion numeric not null check (completion >= 0),
-  input_cache_read numeric not null default 0 check (input_cache_read >= 0),
-  input_cache_write numeric not null default 0 check (input_cache_write >= 0),
-  internal_reasoning numeric not null default 0 check (internal_reasoning >= 0),
-  request numeric not null default 0 check (request >= 0),
-  web_search numeric not null default 0 check (web_search >= 0),
-  image numeric not null default 0 check (image >= 0),
+  prompt numeric not null check (prompt >= 0 and prompt < 'Infinity'),
+  completion numeric not null check (completion >= 0 and completion < 'Infinity'),
+  input_cache_read numeric not null default 0 check (input_cache_read >= 0 and input_cache_read < 'Infinity'),
+  input_cache_write numeric not null default 0 check (input_cache_write >= 0 and input_cache_write < 'Infinity'),
+  internal_reasoning numeric not null default 0 check (internal_reasoning >= 0 and internal_reasoning < 'Infinity'),
+  request numeric not null default 0 check (request >= 0 and request < 'Infinity'),
+  web_search numeric not null default 0 check (web_search >= 0 and web_search < 'Infinity'),
+  image numeric not null default 0 check (image >= 0 and image < 'Infinity'),
   updated_at timestamptz not null
 );
 comment on table gateway.model_catalog is
@@ -52,11 +55,12 @@ create policy no_api_access on gateway.model_catalog
 -- charged by cost with the setting's markup in cost mode.
 create table gateway.model_pricing (
   model text primary key,
-  prompt_multiplier numeric check (prompt_multiplier >= 0),
+  prompt_multiplier numeric check (prompt_multiplier >= 0 and prompt_multiplier < 'Infinity'),
   completion_multiplier numeric,
   updated_at timestamptz not null default now(),
   markup_percent numeric check (markup_percent >= 0 and markup_percent <= 100000),
-  constraint model_pricing_completion_multiplier_check check (completion_multiplier >= 0),
+  constraint model_pricing_completion_multiplier_check
+    check (completion_multiplier >= 0 and completion_multiplier < 'Infinity'),
   constraint model_pricing_model_check
     check (model ~ '^[^*]*\*?$' and length(model) between 1 and 256)
 );

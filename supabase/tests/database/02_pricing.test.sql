@@ -4,7 +4,7 @@
 -- Prices are per token in USD; usd_per_credit is 0.00002 (1 credit = $0.00002).
 begin;
 \ir _helpers.sql
-select plan(104);
+select plan(110);
 -- A late settle raises a WARNING for the server log; not for this output.
 set local client_min_messages = error;
 
@@ -464,6 +464,19 @@ select is(tests.error_of($$select gateway.settle_request(-1, '{"settled_by":"usa
 select is(tests.error_of($$select gateway.set_setting('pricing_mode', 'free')$$), '23514:', 'pricing_mode is flat or cost');
 select is(tests.error_of($$select gateway.set_setting('usd_per_credit', '0')$$), '23514:', 'usd_per_credit must be positive');
 select is(tests.error_of($$select gateway.set_model_pricing('a*b', 1, 1)$$), '23514:', 'a pattern has its * at the end only');
+-- numeric takes NaN and Infinity, and NaN sorts above every number: `>= 0` alone let them in.
+select is(tests.error_of($$select gateway.set_setting('usd_per_credit', 'NaN')$$), '23514:',
+          'usd_per_credit is not NaN');
+select is(tests.error_of($$select gateway.set_setting('usd_per_credit', 'Infinity')$$), '23514:',
+          'nor Infinity (every request would cost 0 credits)');
+select is(tests.error_of($$select gateway.set_model_pricing('nan/model', 'NaN', 1)$$), '23514:',
+          'a multiplier is not NaN');
+select is(tests.error_of($$select gateway.set_model_pricing('inf/model', 1, 'Infinity')$$), '23514:',
+          'nor Infinity');
+select is(tests.error_of($$update gateway.model_catalog set completion = 'NaN'$$), '23514:',
+          'an operator cannot write a NaN price into the catalog');
+select is(tests.error_of($$update gateway.model_catalog set image = 'Infinity'$$), '23514:',
+          'nor an infinite one');
 
 -- Admissions ahead (reserve_admissions) make the holds begin_request would ------------------------
 select tests.acct(1000) as r0 \gset
