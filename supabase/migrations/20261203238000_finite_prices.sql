@@ -1,9 +1,10 @@
 -- Prices, multipliers and the credit's worth are finite. numeric takes 'NaN' and 'Infinity', and
 -- Postgres orders NaN above every number, so a check of `>= 0` alone let an operator's NaN (a
--- script's bad division, a pasted value) through: holds priced at NaN made the function fail
--- computing the charge (a 500, the hold left to the sweeper), a usd_per_credit of Infinity made
--- every request cost 0 credits. `< 'Infinity'` keeps out both. /models prices never could be NaN
--- (gateway.catalog_prices reads them by a decimal pattern); what an operator writes now cannot.
+-- script's bad division, a pasted value) through: requests were admitted at a NaN price (whose
+-- charge the function cannot compute when upstream reports no cost: a 500, the hold left to the
+-- sweeper), and a usd_per_credit of Infinity turns USD amounts into 0 or NaN credits.
+-- `< 'Infinity'` keeps out both. /models prices never could be NaN (gateway.catalog_prices reads
+-- them by a decimal pattern); what an operator writes now cannot be either.
 
 alter table gateway.model_catalog
   drop constraint model_catalog_prompt_check,
