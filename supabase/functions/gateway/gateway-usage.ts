@@ -225,10 +225,9 @@ export function withClientUsage(
 ): string {
   if (!at) return objectJson
   const client = clientUsageJson(usage, usd)
-  if (!at.earlier) return `${objectJson.slice(0, at.start)}${client}${objectJson.slice(at.end)}`
   let out = ''
   let from = 0
-  for (const v of [...at.earlier, at]) {
+  for (const v of [...(at.earlier ?? []), at]) {
     out += `${objectJson.slice(from, v.start)}${client}`
     from = v.end
   }
