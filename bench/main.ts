@@ -66,14 +66,29 @@ const ACCOUNTS = 64
 /** A cell during which other processes used more of the machine than this (%) is measured again. */
 const QUIET_PERCENT = 10
 
+/** How the gateway function is served (Options.functions). */
+type Kind = 'plain' | 'stand-in'
+
+/** What serves scenario `s`. */
+function kindOf(s: Scenario): Kind {
+  return s.standIn || opts.functions === 'stand-in' ? 'stand-in' : 'plain'
+}
+
 interface Options {
   seconds: number
   warmupSeconds: number
   only: string[] | null
   concurrency: number[] | null
   profile: boolean
-  /** The function in one plain Deno process instead of the local edge-runtime stand-in. */
-  plain: boolean
+  /**
+   * What serves the gateway scenarios c, d and e: `plain`, the function alone in one Deno process
+   * (what a hosted worker's CPU runs: hosted Supabase routes requests in its Rust edge runtime, on
+   * no budget of the function's), or `stand-in`, the local edge-runtime stand-in
+   * (scripts/serve-functions.ts: a supervisor that proxies each request to a worker process).
+   * By default they run on the function alone and scenario f measures the stand-in's cost in the
+   * same run; `--plain` or `--stand-in` runs every gateway scenario on one of them, without f.
+   */
+  functions: 'both' | Kind
   retries: number
 }
 
@@ -84,7 +99,7 @@ function parseOptions(args: string[]): Options {
     only: null,
     concurrency: null,
     profile: false,
-    plain: false,
+    functions: 'both',
     retries: 2,
   }
   for (let i = 0; i < args.length; i++) {
@@ -95,7 +110,8 @@ function parseOptions(args: string[]): Options {
     else if (flag === '--only') opts.only = value().split(',')
     else if (flag === '--concurrency') opts.concurrency = value().split(',').map(Number)
     else if (flag === '--profile') opts.profile = true
-    else if (flag === '--plain') opts.plain = true
+    else if (flag === '--plain') opts.functions = 'plain'
+    else if (flag === '--stand-in') opts.functions = 'stand-in'
     else if (flag === '--retries') opts.retries = Number(value())
     else throw new Error(`unknown option ${args[i]} (see bench/README.md)`)
   }
@@ -107,6 +123,8 @@ function parseOptions(args: string[]): Options {
 const opts = parseOptions(Deno.args)
 const scenarios = SCENARIOS
   .filter((s) => !opts.only || opts.only.includes(s.id) || opts.only.includes(s.letter))
+  // f compares the stand-in with the function alone: not when one of them serves every scenario.
+  .filter((s) => !s.standIn || opts.functions === 'both')
   .map((s) => ({
     ...s,
     concurrency: s.concurrency.filter((c) => !opts.concurrency || opts.concurrency.includes(c)),
@@ -131,6 +149,8 @@ const accountIds: number[] = []
 const failures: string[] = []
 let profileSummary: unknown
 let gatewayDown: string | null = null
+/** What serves the gateway now (procs.functions), if anything. */
+let serving: Kind | undefined
 
 stopOnSignals()
 try {
@@ -153,21 +173,6 @@ try {
   }
   let keys: { many: string; hot: string } | undefined
   if (needs('gateway')) {
-    procs.functions = await (opts.plain ? startPlainFunction : startFunctions)({
-      port: FUNCTIONS_PORT,
-      upstream: `${SIM}/api/v1`,
-      log: `${tmp}/functions.log`,
-      denoArgs: opts.profile
-        ? [
-          '--cpu-prof',
-          `--cpu-prof-dir=${tmp}/profile`,
-          ...(opts.plain ? [`--preload=${ROOT}bench/plain-exit.ts`] : []),
-        ]
-        : [],
-      supervisorDenoArgs: opts.profile && !opts.plain
-        ? ['--cpu-prof', `--cpu-prof-dir=${tmp}/profile-supervisor`]
-        : [],
-    })
     sql = postgres(DB_URL, {
       max: 2,
       onnotice: () => {},
@@ -181,7 +186,6 @@ try {
       keys = { many: `${tmp}/keys-many.txt`, hot: `${tmp}/keys-hot.txt` }
       await Deno.writeTextFile(keys.many, many.join('\n') + '\n')
       await Deno.writeTextFile(keys.hot, hot.join('\n') + '\n')
-      gatewayDown = await probeGateway(many[0])
     }
     if (gatewayDown) log(`gateway scenarios unavailable: ${gatewayDown}`)
   }
@@ -193,6 +197,9 @@ try {
         letter: scenario.letter,
         concurrency: c,
         status: 'ok',
+      }
+      if (scenario.target === 'gateway' && !gatewayDown && keys) {
+        gatewayDown = await serveFunction(kindOf(scenario), keys)
       }
       if (scenario.target === 'gateway' && (gatewayDown || !keys)) {
         cells.push({ ...base, status: 'unavailable', reason: gatewayDown ?? 'no keys' })
@@ -217,7 +224,8 @@ try {
 }
 
 if (opts.profile) {
-  const cpu = await summariseProfiles(`${tmp}/profile`, 'a function worker')
+  const cpu = await summariseProfiles(`${tmp}/profile-plain`, 'the function alone')
+  const workerCpu = await summariseProfiles(`${tmp}/profile-stand-in`, 'a stand-in worker')
   const supervisorCpu = await summariseProfiles(
     `${tmp}/profile-supervisor`,
     'the supervisor (scripts/serve-functions.ts)',
@@ -228,7 +236,7 @@ if (opts.profile) {
     sqlProfile = await profileSql(DB_URL, 2000)
     console.log(`\n${formatSqlProfile(sqlProfile)}`)
   }
-  profileSummary = { cpu, supervisor: supervisorCpu, sql: sqlProfile }
+  profileSummary = { cpu, worker: workerCpu, supervisor: supervisorCpu, sql: sqlProfile }
 }
 
 derive(cells)
@@ -255,7 +263,8 @@ const result = {
     warmup_seconds: opts.warmupSeconds,
     wrk_threads: 1,
     retries: opts.retries,
-    functions: opts.plain ? 'plain' : 'stand-in',
+    // c, d and e on the function alone (`plain`) or the stand-in; `both`: and f on the stand-in.
+    functions: opts.functions,
     function_db: DIRECT ? 'direct' : 'pooler',
     quiet_percent: QUIET_PERCENT,
   },
@@ -270,7 +279,11 @@ await Deno.writeTextFile(out, JSON.stringify(result, null, 1) + '\n')
 
 console.log(`\n${table(cells)}\n`)
 for (const t of result.targets) {
-  console.log(`${t.met === null ? '?' : t.met ? '✓' : '✗'} ${t.target}: ${t.measured}`)
+  console.log(
+    `${
+      t.met === null ? (t.measured === 'not measured' ? '?' : '·') : t.met ? '✓' : '✗'
+    } ${t.target}: ${t.measured}`,
+  )
 }
 // The run's directory (logs, keys, profile) is kept when something needs looking at.
 const keep = failures.length > 0 || opts.profile
@@ -295,7 +308,7 @@ function targetUrl(s: Scenario): { url: string; headers: Record<string, string> 
     }
   }
   return {
-    url: opts.plain
+    url: kindOf(s) === 'plain'
       ? `http://127.0.0.1:${FUNCTIONS_PORT}/gateway/v1/chat/completions`
       : `http://127.0.0.1:${FUNCTIONS_PORT}/functions/v1/gateway/v1/chat/completions`,
     headers: {},
@@ -321,7 +334,7 @@ async function runCell(s: Scenario, c: number, base: Cell, keysFile?: string): P
 
   const measured = measuredProcesses()
   for (const m of measured) m.resetPeak()
-  const workers = opts.plain ? undefined : measured.find((m) => m.name === 'functions') as
+  const workers = serving === 'plain' ? undefined : measured.find((m) => m.name === 'functions') as
     | ReturnType<typeof workersOf>
     | undefined
   const sampler = workers ? setInterval(() => workers.sample(), 100) : undefined
@@ -385,12 +398,13 @@ async function runCell(s: Scenario, c: number, base: Cell, keysFile?: string): P
  * What a cell measures. The function runs in worker processes of the functions supervisor
  * (scripts/serve-functions.ts): `functions` is those workers (CPU summed, peak RSS of the largest:
  * the hosted limit is per worker), `supervisor` the stand-in's router (on hosted Supabase, its
- * edge proxy: not the function's). With `--plain`, `functions` is the one plain Deno process. `pgbouncer` is the local pooler the workers connect through.
+ * edge proxy: not the function's). On the function alone, `functions` is its one Deno process.
+ * `pgbouncer` is the local pooler the function connects through.
  */
 function measuredProcesses(): Measured[] {
   const out: Measured[] = []
   for (const p of Object.values(procs)) {
-    if (p === procs.functions && !opts.plain) {
+    if (p === procs.functions && serving === 'stand-in') {
       out.push(workersOf('functions', p.pid), processOf('supervisor', p.pid))
     } else out.push(processOf(p.name, p.pid))
   }
@@ -496,8 +510,8 @@ async function quietSimulator(): Promise<void> {
 }
 
 /** Null when a metered chat completion succeeds; else why the gateway scenarios cannot run. */
-async function probeGateway(key: string): Promise<string | null> {
-  const { url } = targetUrl(SCENARIOS.find((s) => s.target === 'gateway')!)
+async function probeGateway(key: string, kind: Kind): Promise<string | null> {
+  const { url } = targetUrl(SCENARIOS.find((s) => s.target === 'gateway' && kindOf(s) === kind)!)
   try {
     const res = await fetch(url, {
       method: 'POST',
@@ -509,6 +523,39 @@ async function probeGateway(key: string): Promise<string | null> {
   } catch (err) {
     return `POST /v1/chat/completions failed: ${(err as Error).message}`
   }
+}
+
+/**
+ * Serves the gateway function as `kind` on FUNCTIONS_PORT, stopping what served it before (one at a
+ * time, so neither takes CPU from the other's cells). Null when it answers a metered completion;
+ * else why the gateway scenarios cannot run.
+ */
+async function serveFunction(kind: Kind, keys: { many: string }): Promise<string | null> {
+  if (serving === kind) return null
+  if (procs.functions) {
+    log(`stopping the function (${serving})`)
+    await procs.functions.stop()
+    delete procs.functions
+  }
+  log(kind === 'plain' ? 'serving the function alone' : 'serving the function behind the stand-in')
+  procs.functions = await (kind === 'plain' ? startPlainFunction : startFunctions)({
+    port: FUNCTIONS_PORT,
+    upstream: `${SIM}/api/v1`,
+    log: `${tmp}/functions-${kind}.log`,
+    denoArgs: opts.profile
+      ? [
+        '--cpu-prof',
+        `--cpu-prof-dir=${tmp}/profile-${kind}`,
+        ...(kind === 'plain' ? [`--preload=${ROOT}bench/plain-exit.ts`] : []),
+      ]
+      : [],
+    supervisorDenoArgs: opts.profile && kind === 'stand-in'
+      ? ['--cpu-prof', `--cpu-prof-dir=${tmp}/profile-supervisor`]
+      : [],
+  })
+  serving = kind
+  const [first] = (await Deno.readTextFile(keys.many)).split('\n')
+  return await probeGateway(first, kind)
 }
 
 async function summariseProfiles(dir: string, what: string): Promise<unknown> {
@@ -523,6 +570,8 @@ async function summariseProfiles(dir: string, what: string): Promise<unknown> {
       return { file: path, top: summary.top }
     }
   } catch (err) {
+    // Nothing was served that way in this run.
+    if (err instanceof Deno.errors.NotFound) return undefined
     log(`no CPU profile: ${(err as Error).message}`)
   }
   return undefined
@@ -538,8 +587,17 @@ function targets(cells: Cell[]) {
     at('gateway', 64)?.peak_rss_mib?.functions ?? 0,
     at('gateway-stream', 64)?.peak_rss_mib?.functions ?? 0,
     at('hot-key', 64)?.peak_rss_mib?.functions ?? 0,
+    at('gateway-stand-in', 64)?.peak_rss_mib?.functions ?? 0,
   )
   const exact = cells.filter((c) => c.books)
+  // What the stand-in costs next to the function alone, in this run (f against c): not a target of
+  // the function's, since hosted Supabase's router is not the function's CPU.
+  const standIn = [1, 64].flatMap((c) => {
+    const [alone, behind] = [at('gateway', c), at('gateway-stand-in', c)]
+    if (!alone?.rps || !behind?.rps) return []
+    const pct = Math.round((behind.rps / alone.rps - 1) * 100)
+    return [`c=${c} ${behind.rps} against ${alone.rps} req/s (${pct > 0 ? '+' : ''}${pct} %)`]
+  })
   return [
     {
       target: 'added p50 latency ≤ 1.0 ms at concurrency 1',
@@ -555,6 +613,11 @@ function targets(cells: Cell[]) {
       target: 'each function worker < 160 MiB resident at concurrency 64 (hosted: 256 MB)',
       measured: rss ? `${rss} MiB peak` : 'not measured',
       met: rss ? rss < 160 : null,
+    },
+    {
+      target: 'the local edge-runtime stand-in (f) next to the function alone (c), for information',
+      measured: standIn.length ? standIn.join(', ') : 'not measured',
+      met: null,
     },
     {
       target: 'exact accounting under load',

@@ -19,7 +19,10 @@ export type Target = 'sim' | 'portkey' | 'gateway'
 export interface Scenario {
   /** Stable id, used by --only and in the results JSON. */
   id: string
-  /** The letter: (a) upstream, (b) Portkey, (c) gateway, (d) gateway streaming, (e) hot key. */
+  /**
+   * The issue's letter: (a) upstream, (b) Portkey, (c) gateway, (d) gateway streaming, (e) hot key;
+   * (f) the gateway behind the local edge-runtime stand-in.
+   */
   letter: string
   label: string
   target: Target
@@ -31,6 +34,11 @@ export interface Scenario {
   baseline: string
   /** The Portkey scenario its throughput is compared with. */
   versus?: string
+  /**
+   * Served by the local edge-runtime stand-in (scripts/serve-functions.ts) whatever the run's
+   * --plain/--stand-in: its cost next to the function alone.
+   */
+  standIn?: true
 }
 
 export const SCENARIOS: Scenario[] = [
@@ -95,5 +103,20 @@ export const SCENARIOS: Scenario[] = [
     keys: 'hot',
     baseline: 'direct',
     versus: 'portkey',
+  },
+  {
+    // c behind the stand-in: what the local supervisor and worker wrapper cost (on hosted Supabase
+    // the edge runtime routes in Rust, outside the function's CPU and memory), and the lifecycle
+    // (workers started, retired, dropped) under load.
+    id: 'gateway-stand-in',
+    letter: 'f',
+    label: 'our gateway behind the local edge-runtime stand-in (64 accounts)',
+    target: 'gateway',
+    stream: false,
+    concurrency: [1, 64],
+    keys: 'many',
+    baseline: 'direct',
+    versus: 'portkey',
+    standIn: true,
   },
 ]
