@@ -2,8 +2,9 @@
 // our gateway against Portkey's open-source gateway and the bare upstream. See docs/PERFORMANCE.md.
 //
 // It starts its own processes, so it neither disturbs nor is disturbed by the shared stack: an
-// OpenRouter simulator (:54350), Portkey 1.15.2 (:54370, pinned to loopback) and a functions server
-// (:54360) pointing at that simulator (other free ports if those are taken). Only Postgres (:54322) is shared; the load uses accounts
+// OpenRouter simulator (:54350), Portkey 1.15.2 (:54370, pinned to loopback) and the gateway function
+// (:54360) pointing at that simulator (other free ports if those are taken): alone for c, d and e,
+// then behind the local edge-runtime stand-in for f. Only Postgres (:54322) is shared; the load uses accounts
 // created for this run. Per cell: reset the simulator's counters, warm up, reset the peak-memory
 // marks and pg_stat_statements, run wrk, let background settles drain, check the books.
 
