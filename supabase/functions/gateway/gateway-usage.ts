@@ -6,7 +6,7 @@
 
 import { topLevelMembers } from './json-text.ts'
 import { chargeFor, creditsUsd, decAtLeast } from './credits.ts'
-import { chargedCounts, type Hold, tokens, type Usage } from './hold.ts'
+import { chargedCounts, type Hold, tokenCount, tokens, type Usage } from './hold.ts'
 
 /** Upstream's usage object, as far as billing reads it (OpenRouter's ChatUsage). */
 export interface UpstreamUsage {
@@ -93,21 +93,18 @@ export function costText(text: string | null): string | null {
   return text !== null && COST_TEXT.test(text) && !decAtLeast(text, COST_LIMIT_USD) ? text : null
 }
 
-const count = (n: unknown): number | undefined =>
-  typeof n === 'number' && Number.isFinite(n) ? tokens(n) : undefined
-
 /** The counts upstream's usage reports, every detail OpenRouter gives; undefined where absent. */
 export function usageCounts(
   u: UpstreamUsage,
   cost: string | null,
 ): Partial<UsageCounts> & Pick<UsageCounts, 'cost'> {
   return {
-    promptTokens: count(u.prompt_tokens),
-    completionTokens: count(u.completion_tokens),
-    cachedTokens: count(u.prompt_tokens_details?.cached_tokens),
-    cacheWriteTokens: count(u.prompt_tokens_details?.cache_write_tokens),
-    reasoningTokens: count(u.completion_tokens_details?.reasoning_tokens),
-    webSearchRequests: count(u.server_tool_use_details?.web_search_requests),
+    promptTokens: tokenCount(u.prompt_tokens),
+    completionTokens: tokenCount(u.completion_tokens),
+    cachedTokens: tokenCount(u.prompt_tokens_details?.cached_tokens),
+    cacheWriteTokens: tokenCount(u.prompt_tokens_details?.cache_write_tokens),
+    reasoningTokens: tokenCount(u.completion_tokens_details?.reasoning_tokens),
+    webSearchRequests: tokenCount(u.server_tool_use_details?.web_search_requests),
     cost: costText(cost),
   }
 }

@@ -153,9 +153,25 @@ export interface Usage {
   latencyMs: number
 }
 
-/** Token counts as settle_request receives them (non-negative integers). */
+// DUPLICATE of gateway.usage_facts' range for counts (supabase/schemas/06_settlement.sql): a count
+// it refuses fails the settle (the hold then expires uncharged) and stops a reconcile run.
+/** The largest count settle_request takes. */
+export const MAX_COUNT = 2147483647
+
+/** Token counts as settle_request receives them (integers from 0 to MAX_COUNT). */
 export function tokens(n: number): number {
-  return Math.max(0, Math.round(n))
+  return Math.min(MAX_COUNT, Math.max(0, Math.round(n)))
+}
+
+/**
+ * An upstream count as settle_request takes it, or undefined when it is none: not a finite number,
+ * or beyond MAX_COUNT (an upstream that reports 3 billion tokens reported nothing usable; what was
+ * sent to it bounds the charge instead, as for a count it left out).
+ */
+export function tokenCount(n: unknown): number | undefined {
+  return typeof n === 'number' && Number.isFinite(n) && Math.round(n) <= MAX_COUNT
+    ? tokens(n)
+    : undefined
 }
 
 /** What a usage is charged by, as SQL's usage jsonb names it (settle_request, credits.ts). */

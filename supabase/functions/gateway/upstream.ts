@@ -7,6 +7,7 @@ import { maskKeysIn } from '../_shared/keys.ts'
 import { config } from './config.ts'
 import { costText, parseWithSources } from './gateway-usage.ts'
 import { ApiError } from './errors.ts'
+import { tokenCount } from './hold.ts'
 
 const base = config.openRouterBaseUrl
 
@@ -100,10 +101,12 @@ export async function generationStats(id: string): Promise<GenerationStats | nul
   // deno-lint-ignore no-explicit-any -- OpenRouter's GenerationResponse; a few fields are read
   const d = (parsed.value as any)?.data
   if (!d) return null
-  const prompt = d.native_tokens_prompt ?? d.tokens_prompt
-  const completion = d.native_tokens_completion ?? d.tokens_completion
-  if (!Number.isFinite(prompt) || !Number.isFinite(completion)) return null
-  const n = (x: unknown) => (typeof x === 'number' && Number.isFinite(x) && x > 0 ? x : 0)
+  // Counts settle_request would refuse make the stats unusable (the caller falls back to its own
+  // count; the reconcile leaves the hold pending): settled, they would fail, and stop the run.
+  const prompt = tokenCount(d.native_tokens_prompt ?? d.tokens_prompt)
+  const completion = tokenCount(d.native_tokens_completion ?? d.tokens_completion)
+  if (prompt === undefined || completion === undefined) return null
+  const n = (x: unknown) => tokenCount(x) ?? 0
   return {
     model: typeof d.model === 'string' ? d.model : null,
     promptTokens: prompt,

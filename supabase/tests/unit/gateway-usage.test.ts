@@ -11,8 +11,10 @@ import {
   parseUsage,
   parseWithSources,
   readUsage,
+  usageCounts,
   withClientUsage,
 } from '../../functions/gateway/gateway-usage.ts'
+import { MAX_COUNT, tokens } from '../../functions/gateway/hold.ts'
 import type { Hold, Usage } from '../../functions/gateway/hold.ts'
 
 const hold = (pm: string, cm: string, balance = 1000): Hold => ({
@@ -173,4 +175,26 @@ Deno.test("parseUsage: cost's exact source text, as JSON.parse's reviver reports
   assert.equal(parseUsage('{"cost": 0.000001234567890123 }').costText, '0.000001234567890123')
   assert.equal(parseUsage('{"cost":1,"cost":"2"}').costText, null)
   assert.equal(parseUsage('{"cost":"2","cost":1e-7}').costText, '1e-7')
+})
+
+// settle_request refuses a count above 2147483647 (usage_facts): such an upstream count is no count
+// (the request's own bound is charged instead), and nothing the function sends is ever beyond it.
+Deno.test('upstream counts beyond settle_request’s range are not counts; tokens() stays in range', () => {
+  for (const huge of [MAX_COUNT + 1, 3e9, 1e300]) {
+    const c = usageCounts(
+      {
+        prompt_tokens: huge,
+        completion_tokens: huge,
+        prompt_tokens_details: { cached_tokens: huge },
+      } as never,
+      null,
+    )
+    assert.equal(c.promptTokens, undefined, String(huge))
+    assert.equal(c.completionTokens, undefined, String(huge))
+    assert.equal(c.cachedTokens, undefined, String(huge))
+    assert.equal(tokens(huge), MAX_COUNT)
+  }
+  const c = usageCounts({ prompt_tokens: MAX_COUNT, completion_tokens: -4 } as never, null)
+  assert.equal(c.promptTokens, MAX_COUNT)
+  assert.equal(c.completionTokens, 0)
 })
