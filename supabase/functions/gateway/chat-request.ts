@@ -195,18 +195,39 @@ export function requestFacts(
  */
 export function estimatePromptTokens(messages: ChatCompletionRequest['messages']): number {
   let tokens = 3
-  for (const m of messages) {
-    const content = m.content
-    let bytes = 0
-    if (typeof content === 'string') bytes = Buffer.byteLength(content, 'utf8')
-    else if (Array.isArray(content)) {
-      for (const part of content) {
-        if (part.type === 'text' && typeof part.text === 'string') {
-          bytes += Buffer.byteLength(part.text, 'utf8')
-        }
+  for (const m of messages) tokens += 4 + Math.ceil(textBytes(m.content) / 4)
+  return tokens
+}
+
+/** The UTF-8 bytes of a message's text: a string, or the text parts of a list of parts. */
+function textBytes(content: unknown): number {
+  if (typeof content === 'string') return Buffer.byteLength(content, 'utf8')
+  let bytes = 0
+  if (Array.isArray(content)) {
+    for (const part of content) {
+      if (part?.type === 'text' && typeof part.text === 'string') {
+        bytes += Buffer.byteLength(part.text, 'utf8')
       }
     }
-    tokens += 4 + Math.ceil(bytes / 4)
+  }
+  return bytes
+}
+
+/**
+ * Our count of a JSON completion's tokens, a quarter of its text's bytes as for the prompt: the
+ * last resort when upstream's usage leaves the count out and /generation cannot be read.
+ * `choices` is upstream's, unchecked: what is not a choice with a message counts nothing.
+ */
+export function estimateCompletionTokens(choices: unknown): number {
+  if (!Array.isArray(choices)) return 0
+  let tokens = 0
+  for (const c of choices) {
+    const message = c !== null && typeof c === 'object'
+      ? (c as { message?: unknown }).message
+      : null
+    if (message !== null && typeof message === 'object') {
+      tokens += Math.ceil(textBytes((message as { content?: unknown }).content) / 4)
+    }
   }
   return tokens
 }

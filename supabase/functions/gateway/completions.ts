@@ -6,6 +6,7 @@
 import { begin } from './admission.ts'
 import {
   type ChatCompletionRequest,
+  estimateCompletionTokens,
   estimatePromptTokens,
   requestedModel,
   type RequestFacts,
@@ -216,13 +217,36 @@ async function forward(
     )
   }
   const counts = usageCounts(read.usage, read.costText)
+  const servedModel = typeof doc.model === 'string' ? doc.model : model
+  const servedId = generationId ?? (typeof doc.id === 'string' ? doc.id : null)
+  // OpenRouter always counts the completion. A usage without a count SQL can take (left out, not a
+  // number, beyond its range) is billed as a lost usage, from /generation or else by our own
+  // count of what came back: 0 completion tokens would let the generation go uncharged.
+  if (counts.completionTokens === undefined) {
+    settleWithoutUsage(hold, {
+      model: servedModel,
+      generationId: servedId,
+      countedPromptTokens: counts.promptTokens ?? estimatePromptTokens(body.messages),
+      countedCompletionTokens: estimateCompletionTokens(doc.choices),
+      images: facts.parts.images,
+      outcome: 'success',
+      latencyMs: Date.now() - startedAt,
+    })
+    const out = appendMember(
+      withClientUsage(text, read.usage, null, read.at),
+      'gateway_usage',
+      gatewayUsageJson(null, null, hold.key_prefix),
+    )
+    opts.onResult?.(JSON.parse(out))
+    return new Response(out, { headers: { ...JSON_HEADERS, ...limits, ...idHeader } })
+  }
   const settled: Usage = {
     ...counts,
-    model: typeof doc.model === 'string' ? doc.model : model,
+    model: servedModel,
     promptTokens: counts.promptTokens ?? facts.prompt_bound,
-    completionTokens: counts.completionTokens ?? 0,
+    completionTokens: counts.completionTokens,
     images: facts.parts.images,
-    generationId: generationId ?? (typeof doc.id === 'string' ? doc.id : null),
+    generationId: servedId,
     settledBy: 'usage',
     outcome: 'success',
     latencyMs: Date.now() - startedAt,

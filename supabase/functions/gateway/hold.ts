@@ -126,7 +126,8 @@ export function spelledOut({ first, more }: Compact): BeginResult[] {
  *   usage         upstream's usage object (the normal case, stream or not)
  *   generation    OpenRouter's /generation stats for the X-Generation-Id (after a disconnect or a
  *                 broken response: they appear a few seconds after the generation ends)
- *   stream_count  counted by us: the prompt estimate and one token per streamed content chunk
+ *   stream_count  counted by us: the prompt estimate and one token per streamed content chunk (a
+ *                 JSON completion: a quarter of its text's bytes)
  */
 export type SettledBy = 'usage' | 'generation' | 'stream_count'
 

@@ -44,22 +44,41 @@ const completion = (id: string, usage: string) =>
   `{"id":"${id}","model":"${MODEL}","choices":[{"index":0,"message":{"role":"assistant",` +
   `"content":"hi"},"finish_reason":"stop"}],"usage":${usage}}`
 
-test('a usage count beyond settle_request’s range: neither it nor the settles batched with it are lost', async () => {
+test('a usage count beyond settle_request’s range, or none: billed from /generation or our count, and the settles batched with it are not lost', async () => {
+  // Request 0's usage counts 3e9 completion tokens and its generation has no stats: billed by our
+  // count of what came back. Request 1's usage leaves the count out: billed from /generation.
   const up = upstream({
     chat: (body) => {
-      const hostile = lastContent(body) === 'hostile'
-      const usage = hostile
+      const kind = lastContent(body)
+      const usage = kind === 'hostile'
         ? `{"prompt_tokens":5,"completion_tokens":${HUGE},"prompt_tokens_details":{"cached_tokens":${HUGE}}}`
+        : kind === 'missing'
+        ? '{"prompt_tokens":5}'
         : '{"prompt_tokens":5,"completion_tokens":3}'
-      return new Response(completion(`gen-${crypto.randomUUID()}`, usage), {
+      const id = kind === 'missing'
+        ? `gen-stats-${crypto.randomUUID()}`
+        : `gen-${crypto.randomUUID()}`
+      return new Response(completion(id, usage), {
         headers: { 'content-type': 'application/json' },
       })
     },
+    generation: (id) =>
+      id.startsWith('gen-stats-')
+        ? new Response(
+          `{"data":{"id":"${id}","model":"${MODEL}","native_tokens_prompt":5,` +
+            `"native_tokens_completion":7,"total_cost":0.00001}}`,
+          { headers: { 'content-type': 'application/json' } },
+        )
+        : undefined,
   })
   // A linger long enough that the concurrent settles go in one settle_requests batch.
   const fn = await startFunctions({
     upstream: up.baseUrl,
-    env: { GATEWAY_LOG_REQUESTS: '0', GATEWAY_SETTLE_LINGER_MS: '300' },
+    env: {
+      GATEWAY_LOG_REQUESTS: '0',
+      GATEWAY_SETTLE_LINGER_MS: '300',
+      GATEWAY_GENERATION_LOOKUP_DELAYS_MS: '100,200',
+    },
   })
   try {
     const gw = client(fn.url)
@@ -67,32 +86,35 @@ test('a usage count beyond settle_request’s range: neither it nor the settles 
     const accounts = await Promise.all(
       Array.from({ length: 9 }, () => newAccount(1_000_000, 'hostile-count')),
     )
+    const kinds = accounts.map((_, i) => i === 0 ? 'hostile' : i === 1 ? 'missing' : 'hi')
     const responses = await Promise.all(accounts.map((a, i) =>
       gw('/v1/chat/completions', {
         key: a.key,
-        body: {
-          model: MODEL,
-          max_tokens: 10,
-          messages: [{ role: 'user', content: i === 0 ? 'hostile' : 'hi' }],
-        },
+        body: { model: MODEL, max_tokens: 10, messages: [{ role: 'user', content: kinds[i] }] },
       })
     ))
     for (const r of responses) assert.equal(r.status, 200, r.text)
     const records = await Promise.all(accounts.map((a) => settled(a.userId, 1, 15_000)))
     assert.deepEqual(
-      records.map((r) => `${r.status} by ${r.settled_by}`),
-      accounts.map(() => 'success by usage'),
+      records.map((r) => `${r.status} by ${r.settled_by}: ${r.completion_tokens}`),
+      // "hi" came back: one token by our count (a quarter of its bytes, rounded up).
+      kinds.map((k) =>
+        k === 'hostile'
+          ? 'success by stream_count: 1'
+          : k === 'missing'
+          ? 'success by generation: 7'
+          : 'success by usage: 3'
+      ),
     )
     for (const [i, rec] of records.entries()) {
+      // Billed after the response, for the two whose usage could not be: the charge is unknown then.
       assert.equal(
         JSON.parse(responses[i].text).gateway_usage.credits_charged,
-        rec.credits_charged,
-        `request ${i}: the charge reported is SQL's`,
+        i < 2 ? null : rec.credits_charged,
+        `request ${i}: the charge reported`,
       )
+      assert.ok(rec.credits_charged > 0, `request ${i} is charged`)
     }
-    // The hostile count was not charged as reported (a 3-billion-token overrun) nor as nothing.
-    const [hostile] = await usageRecords(accounts[0].userId)
-    assert.ok(hostile.completion_tokens <= 10, `completion tokens ${hostile.completion_tokens}`)
     const books = await checkBooks(accounts.map((a) => a.userId))
     assert.deepEqual(books.problems, [])
   } finally {

@@ -8,6 +8,7 @@ import assert from 'node:assert/strict'
 import fc from 'fast-check'
 import {
   type ChatCompletionRequest,
+  estimateCompletionTokens,
   estimatePromptTokens,
   requestFacts,
   upstreamBody,
@@ -257,4 +258,19 @@ Deno.test('estimatePromptTokens (the last-resort count) counts UTF-8 bytes: 3 + 
     { role: 'assistant', content: null }, // 4 + 0
   ] as ChatCompletionRequest['messages']
   assert.equal(estimatePromptTokens(messages), 3 + 5 + 7 + 6 + 4)
+})
+
+Deno.test('estimateCompletionTokens: a quarter of the text bytes of each choice, nothing for what is not one', () => {
+  assert.equal(estimateCompletionTokens([{ message: { role: 'assistant', content: 'hi' } }]), 1)
+  assert.equal(
+    estimateCompletionTokens([
+      { message: { content: 'x'.repeat(9) } },
+      { message: { content: [{ type: 'text', text: 'héllo' }, { type: 'image_url' }] } },
+    ]),
+    3 + 2,
+  )
+  // Upstream's shapes are unchecked: none of these may throw or count.
+  for (const odd of [null, 'hi', {}, [null], [1], [{ message: null }], [{ message: [] }], [{}]]) {
+    assert.equal(estimateCompletionTokens(odd), 0, JSON.stringify(odd))
+  }
 })
