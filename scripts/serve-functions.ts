@@ -118,6 +118,7 @@ const EVENTS = [
   'start_failed',
   'streams_cut',
   'responses_504',
+  'responses_worker_limit',
 ] as const
 type EventName = typeof EVENTS[number]
 const counts = Object.fromEntries(EVENTS.map((e) => [e, 0])) as Record<EventName, number>
@@ -526,7 +527,9 @@ async function dispatch(
       counts.responses_504++
       return errorResponse(504, 'The function did not answer in time', 'gateway_timeout')
     }
-    // The worker was killed (or crashed) before it answered: Supabase's WORKER_LIMIT.
+    // The worker was killed (or crashed) before it answered: Supabase's WORKER_LIMIT. Counted, as a
+    // crash is seen only when the process's exit is: requests routed to it until then end here too.
+    counts.responses_worker_limit++
     return Response.json({
       code: 'WORKER_LIMIT',
       message: 'Function failed due to not having enough compute resources (please check logs)',

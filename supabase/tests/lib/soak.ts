@@ -386,9 +386,12 @@ export function soakProblems(r: SoakResult): string[] {
       )
     }
     // An answer cut short must be one a kill met: at most every request in flight (≤ concurrency)
-    // per SIGKILL, or a stream the stand-in cut when it killed a worker at its wall clock. (The
-    // stand-in's own count of a crashed worker's requests misses those whose body broke first.)
-    const bound = c.sigkills * r.concurrency + (c.events.streams_cut ?? 0)
+    // per SIGKILL, a stream the stand-in cut when it killed a worker at its wall clock, or a
+    // WORKER_LIMIT answer the stand-in gave, which includes requests it routed to a SIGKILLed worker
+    // before it saw the process exit. (The stand-in's own count of a crashed worker's requests
+    // misses those whose body broke first.)
+    const bound = c.sigkills * r.concurrency + (c.events.streams_cut ?? 0) +
+      (c.events.responses_worker_limit ?? 0)
     if (r.load.cutByKills > bound) {
       problems.push(
         `${r.load.cutByKills} answers cut short, but the kills met only ${bound} requests`,
