@@ -6,7 +6,7 @@
 // The upstream is a test's own server; everything it does not craft goes to the stack's simulator.
 
 import assert from 'node:assert/strict'
-import { newAccount, settled, usageRecords } from '../lib/accounts.ts'
+import { newAccount, settled } from '../lib/accounts.ts'
 import { checkBooks } from '../lib/books.ts'
 import { client } from '../lib/http.ts'
 import { startFunctions } from '../lib/procs.ts'
