@@ -166,8 +166,9 @@ export function tokens(n: number): number {
 
 /**
  * An upstream count as settle_request takes it, or undefined when it is none: not a finite number,
- * or beyond MAX_COUNT (an upstream that reports 3 billion tokens reported nothing usable; what was
- * sent to it bounds the charge instead, as for a count it left out).
+ * or beyond MAX_COUNT (an upstream that reports 3 billion tokens reported nothing usable). Undefined
+ * is treated as a count upstream left out: the prompt's bound stands for it, and a completion is
+ * billed from /generation or our own count (completions.ts, sse.ts).
  */
 export function tokenCount(n: unknown): number | undefined {
   return typeof n === 'number' && Number.isFinite(n) && Math.round(n) <= MAX_COUNT
