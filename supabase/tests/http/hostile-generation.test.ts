@@ -183,3 +183,57 @@ test('the reconcile leaves a hold pending when /generation answers with another 
     await up.server.shutdown()
   }
 })
+
+test('a stream whose usage comes before more content: that usage is not the generation’s, billed for all that was received', async () => {
+  // The usage chunk counts 1 completion token, then 20 more content chunks come: the client
+  // received 21 chunks. OpenRouter sends the usage last; one followed by content is not final.
+  const enc = new TextEncoder()
+  const chunk = (id: string, text: string) =>
+    `data: {"id":"${id}","model":"${MODEL}","choices":[{"index":0,"delta":{"content":"${text}"}}]}\n\n`
+  const up = upstream({
+    chat: () => {
+      const id = `gen-early-usage-${crypto.randomUUID()}`
+      let body = chunk(id, 'a')
+      body += `data: {"id":"${id}","model":"${MODEL}","choices":[],` +
+        `"usage":{"prompt_tokens":5,"completion_tokens":1,"total_tokens":6}}\n\n`
+      for (let i = 0; i < 20; i++) body += chunk(id, `w${i} `)
+      body += 'data: [DONE]\n\n'
+      return new Response(enc.encode(body), {
+        headers: { 'content-type': 'text/event-stream', 'x-generation-id': id },
+      })
+    },
+    // No stats for it (the simulator does not know the id): our count.
+  })
+  const fn = await startFunctions({
+    upstream: up.baseUrl,
+    env: { GATEWAY_LOG_REQUESTS: '0', GATEWAY_GENERATION_LOOKUP_DELAYS_MS: '50' },
+  })
+  try {
+    const a = await newAccount(1_000_000, 'hostile-early-usage')
+    const res = await fetch(`${fn.url}/v1/chat/completions`, {
+      method: 'POST',
+      headers: { authorization: `Bearer ${a.key}`, 'content-type': 'application/json' },
+      body: JSON.stringify({
+        model: MODEL,
+        stream: true,
+        max_tokens: 1000,
+        messages: [{ role: 'user', content: 'hi' }],
+      }),
+    })
+    assert.equal(res.status, 200)
+    const text = await res.text()
+    const received = text.split('\n\n').filter((e) => e.includes('"delta":{"content"')).length
+    assert.equal(received, 21, text)
+    assert.ok(text.trimEnd().endsWith('data: [DONE]'), text)
+    const rec = await settled(a.userId, 1, 15_000)
+    assert.ok(
+      rec.completion_tokens >= received,
+      `billed ${rec.completion_tokens} completion tokens by ${rec.settled_by}, received ${received}`,
+    )
+    const books = await checkBooks([a.userId])
+    assert.deepEqual(books.problems, [])
+  } finally {
+    await fn.stop()
+    await up.server.shutdown()
+  }
+})
