@@ -166,12 +166,13 @@ export function tokens(n: number): number {
 
 /**
  * An upstream count as settle_request takes it, or undefined when it is none: not a finite number,
- * or beyond MAX_COUNT (an upstream that reports 3 billion tokens reported nothing usable). Undefined
- * is treated as a count upstream left out: the prompt's bound stands for it, and a completion is
- * billed from /generation or our own count (completions.ts, sse.ts).
+ * negative, or beyond MAX_COUNT (an upstream that reports 3 billion or -5 tokens reported nothing
+ * usable; -5 clamped to 0 billed a completion as nothing). Undefined is treated as a count upstream
+ * left out: the prompt's bound stands for it, and a completion is billed from /generation or our
+ * own count (completions.ts, sse.ts).
  */
 export function tokenCount(n: unknown): number | undefined {
-  return typeof n === 'number' && Number.isFinite(n) && Math.round(n) <= MAX_COUNT
+  return typeof n === 'number' && Number.isFinite(n) && n >= 0 && Math.round(n) <= MAX_COUNT
     ? tokens(n)
     : undefined
 }

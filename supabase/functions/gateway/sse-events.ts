@@ -82,6 +82,12 @@ export class UpstreamEvents {
     const delta = chunk?.choices?.[0]?.delta
     if (delta && (delta.content || delta.reasoning || delta.tool_calls || delta.refusal)) {
       this.contentChunks++
+      // OpenRouter's usage comes last: content after it was not counted by it, so it is not the
+      // generation's usage (settled then as a lost one: /generation, else our count).
+      if (this.usage && !chunk?.usage) {
+        this.usage = null
+        this.usageData = null
+      }
     }
     if (chunk?.error) this.sawError = true
     if (chunk?.usage && typeof chunk.usage === 'object') {

@@ -100,7 +100,9 @@ export async function generationStats(id: string): Promise<GenerationStats | nul
   }
   // deno-lint-ignore no-explicit-any -- OpenRouter's GenerationResponse; a few fields are read
   const d = (parsed.value as any)?.data
-  if (!d) return null
+  // Stats for another generation (a broken or hostile upstream, a cache keyed wrong) are not this
+  // one's: billed, they would charge this hold for that generation, another account's perhaps.
+  if (!d || d.id !== id) return null
   // Counts settle_request would refuse make the stats unusable (the caller falls back to its own
   // count; the reconcile leaves the hold pending): settled, they would fail, and stop the run.
   const prompt = tokenCount(d.native_tokens_prompt ?? d.tokens_prompt)

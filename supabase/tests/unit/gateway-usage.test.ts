@@ -194,7 +194,9 @@ Deno.test('upstream counts beyond settle_request’s range are not counts; token
     assert.equal(c.cachedTokens, undefined, String(huge))
     assert.equal(tokens(huge), MAX_COUNT)
   }
+  // A negative count is no count either: clamped to 0 it billed a completion as nothing.
   const c = usageCounts({ prompt_tokens: MAX_COUNT, completion_tokens: -4 } as never, null)
   assert.equal(c.promptTokens, MAX_COUNT)
-  assert.equal(c.completionTokens, 0)
+  assert.equal(c.completionTokens, undefined)
+  assert.equal(usageCounts({ completion_tokens: 2.4 } as never, null).completionTokens, 2)
 })
