@@ -8,37 +8,13 @@
 import assert from 'node:assert/strict'
 import { newAccount, settled } from '../lib/accounts.ts'
 import { checkBooks } from '../lib/books.ts'
+import { craftedUpstream, lastContent, streamChat } from '../lib/crafted-upstream.ts'
 import { client } from '../lib/http.ts'
 import { startFunctions } from '../lib/procs.ts'
-import { db, SIM_URL, test, waitFor } from '../lib/stack.ts'
+import { db, test, waitFor } from '../lib/stack.ts'
 
 const HUGE = '3000000000'
 const MODEL = 'openai/gpt-4o-mini'
-
-/** The text of the request's last message (tests mark the hostile one with it). */
-// deno-lint-ignore no-explicit-any
-const lastContent = (body: any): string => String(body?.messages?.at(-1)?.content ?? '')
-
-function upstream(handlers: {
-  // deno-lint-ignore no-explicit-any
-  chat: (body: any) => Response
-  generation?: (id: string) => Response | undefined
-}) {
-  const server = Deno.serve({ hostname: '127.0.0.1', port: 0, onListen: () => {} }, async (req) => {
-    const url = new URL(req.url)
-    if (url.pathname.endsWith('/chat/completions')) return handlers.chat(await req.json())
-    if (url.pathname.endsWith('/generation')) {
-      const r = handlers.generation?.(url.searchParams.get('id') ?? '')
-      if (r) return r
-    }
-    return await fetch(`${SIM_URL}${url.pathname}${url.search}`, {
-      method: req.method,
-      headers: req.headers,
-      body: req.body,
-    })
-  })
-  return { server, baseUrl: `http://127.0.0.1:${server.addr.port}/api/v1` }
-}
 
 const completion = (id: string, usage: string) =>
   `{"id":"${id}","model":"${MODEL}","choices":[{"index":0,"message":{"role":"assistant",` +
@@ -47,7 +23,7 @@ const completion = (id: string, usage: string) =>
 test('a usage count beyond settle_request’s range, or none: billed from /generation or our count, and the settles batched with it are not lost', async () => {
   // Request 0's usage counts 3e9 completion tokens and its generation has no stats: billed by our
   // count of what came back. Request 1's usage leaves the count out: billed from /generation.
-  const up = upstream({
+  const up = craftedUpstream({
     chat: (body) => {
       const kind = lastContent(body)
       const usage = kind === 'hostile'
@@ -127,7 +103,7 @@ test('a /generation count beyond settle_request’s range does not stop the reco
   const secret = 'test-scheduler-secret'
   const streams: ReadableStreamDefaultController<Uint8Array>[] = []
   const enc = new TextEncoder()
-  const up = upstream({
+  const up = craftedUpstream({
     chat: (body) => {
       const id = lastContent(body) === 'hostile'
         ? `gen-huge-${crypto.randomUUID()}`
@@ -170,16 +146,7 @@ test('a /generation count beyond settle_request’s range does not stop the reco
       Array.from({ length: 9 }, () => newAccount(1_000_000, 'hostile-gen')),
     )
     for (const [i, a] of accounts.entries()) {
-      const res = await fetch(`${fn.url}/v1/chat/completions`, {
-        method: 'POST',
-        headers: { authorization: `Bearer ${a.key}`, 'content-type': 'application/json' },
-        body: JSON.stringify({
-          model: MODEL,
-          stream: true,
-          max_tokens: 10,
-          messages: [{ role: 'user', content: i % 2 === 0 ? 'hostile' : 'hi' }],
-        }),
-      })
+      const res = await streamChat(fn.url, a.key, i % 2 === 0 ? 'hostile' : 'hi', 10, MODEL)
       assert.equal(res.status, 200)
       const reader = res.body!.getReader()
       readers.push(reader)

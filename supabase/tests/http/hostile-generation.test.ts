@@ -9,36 +9,13 @@
 import assert from 'node:assert/strict'
 import { newAccount, settled } from '../lib/accounts.ts'
 import { checkBooks } from '../lib/books.ts'
+import { craftedUpstream, lastContent, streamChat } from '../lib/crafted-upstream.ts'
 import { client } from '../lib/http.ts'
 import { startFunctions } from '../lib/procs.ts'
-import { db, SIM_URL, test, waitFor } from '../lib/stack.ts'
+import { db, test, waitFor } from '../lib/stack.ts'
 
 const MODEL = 'openai/gpt-4o-mini'
 const JSON_HEADERS = { 'content-type': 'application/json' }
-
-// deno-lint-ignore no-explicit-any
-const lastContent = (body: any): string => String(body?.messages?.at(-1)?.content ?? '')
-
-function upstream(handlers: {
-  // deno-lint-ignore no-explicit-any
-  chat: (body: any) => Response
-  generation?: (id: string) => Response | undefined
-}) {
-  const server = Deno.serve({ hostname: '127.0.0.1', port: 0, onListen: () => {} }, async (req) => {
-    const url = new URL(req.url)
-    if (url.pathname.endsWith('/chat/completions')) return handlers.chat(await req.json())
-    if (url.pathname.endsWith('/generation')) {
-      const r = handlers.generation?.(url.searchParams.get('id') ?? '')
-      if (r) return r
-    }
-    return await fetch(`${SIM_URL}${url.pathname}${url.search}`, {
-      method: req.method,
-      headers: req.headers,
-      body: req.body,
-    })
-  })
-  return { server, baseUrl: `http://127.0.0.1:${server.addr.port}/api/v1` }
-}
 
 /** /generation's document for `id` (as OpenRouter names it in `data.id`). */
 const stats = (id: string, completion: string) =>
@@ -55,7 +32,7 @@ test('stats for another generation, or negative counts, are not the request’s:
   //   negative  usage counts -5 completion tokens: billed from /generation (7), not as 0
   //   neg-gen   usage without a completion count; /generation counts -5: our count, not 0
   const content = 'x'.repeat(40) // 10 tokens by our count
-  const up = upstream({
+  const up = craftedUpstream({
     chat: (body) => {
       const kind = lastContent(body)
       const id = `gen-${kind}-${crypto.randomUUID()}`
@@ -112,7 +89,7 @@ test('the reconcile leaves a hold pending when /generation answers with another 
   const secret = 'test-scheduler-secret'
   const streams: ReadableStreamDefaultController<Uint8Array>[] = []
   const enc = new TextEncoder()
-  const up = upstream({
+  const up = craftedUpstream({
     chat: () => {
       const id = `gen-mine-${crypto.randomUUID()}`
       const stream = new ReadableStream<Uint8Array>({
@@ -139,16 +116,7 @@ test('the reconcile leaves a hold pending when /generation answers with another 
     const gw = client(fn.url)
     assert.equal((await gw('/v1/models')).status, 200)
     const a = await newAccount(1_000_000, 'hostile-gen-reconcile')
-    const res = await fetch(`${fn.url}/v1/chat/completions`, {
-      method: 'POST',
-      headers: { authorization: `Bearer ${a.key}`, 'content-type': 'application/json' },
-      body: JSON.stringify({
-        model: MODEL,
-        stream: true,
-        max_tokens: 1000,
-        messages: [{ role: 'user', content: 'hi' }],
-      }),
-    })
+    const res = await streamChat(fn.url, a.key, 'hi', 1000, MODEL)
     assert.equal(res.status, 200)
     reader = res.body!.getReader()
     await reader.read()
@@ -190,7 +158,7 @@ test('a stream whose usage comes before more content: that usage is not the gene
   const enc = new TextEncoder()
   const chunk = (id: string, text: string) =>
     `data: {"id":"${id}","model":"${MODEL}","choices":[{"index":0,"delta":{"content":"${text}"}}]}\n\n`
-  const up = upstream({
+  const up = craftedUpstream({
     chat: () => {
       const id = `gen-early-usage-${crypto.randomUUID()}`
       let body = chunk(id, 'a')
@@ -210,16 +178,7 @@ test('a stream whose usage comes before more content: that usage is not the gene
   })
   try {
     const a = await newAccount(1_000_000, 'hostile-early-usage')
-    const res = await fetch(`${fn.url}/v1/chat/completions`, {
-      method: 'POST',
-      headers: { authorization: `Bearer ${a.key}`, 'content-type': 'application/json' },
-      body: JSON.stringify({
-        model: MODEL,
-        stream: true,
-        max_tokens: 1000,
-        messages: [{ role: 'user', content: 'hi' }],
-      }),
-    })
+    const res = await streamChat(fn.url, a.key, 'hi', 1000, MODEL)
     assert.equal(res.status, 200)
     const text = await res.text()
     const received = text.split('\n\n').filter((e) => e.includes('"delta":{"content"')).length
