@@ -206,6 +206,11 @@ export class MeteredStream extends UpstreamEvents {
     }
   }
 
+  /** Upstream's usage chunk, parsed (undefined when none came, or it holds no usage object). */
+  #readUsage(): ReturnType<typeof readUsage> {
+    return this.usageData ? readUsage(this.usageData) : undefined
+  }
+
   #billedModel(): string {
     return this.model ?? this.#meta.model
   }
@@ -215,8 +220,7 @@ export class MeteredStream extends UpstreamEvents {
   }
 
   /** The usage upstream reported (its usage chunk, read exactly), as a settle takes it. */
-  #reported(outcome: Outcome): Usage | undefined {
-    const read = this.usageData ? readUsage(this.usageData) : undefined
+  #reported(outcome: Outcome, read = this.#readUsage()): Usage | undefined {
     if (!read) return undefined
     const counts = usageCounts(read.usage, read.costText)
     return {
@@ -263,8 +267,9 @@ export class MeteredStream extends UpstreamEvents {
     this.#stopTimers()
     this.#meta.call.done()
     const outcome = this.sawError ? 'upstream_error' : 'success'
-    const settled = this.#reported(outcome)
-    const read = this.usageData ? readUsage(this.usageData) : undefined
+    // Parsed once: the settle and the client's usage chunk both come from it.
+    const read = this.#readUsage()
+    const settled = this.#reported(outcome, read)
     if (!settled || !read || !this.usageData) {
       this.#settleKnown(outcome)
       this.#close(c, tail + (this.sawError ? '' : DONE))
